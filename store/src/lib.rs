@@ -1,0 +1,89 @@
+//! sipreg's data model and its persistence.
+//!
+//! Callers hold an [`Arc<dyn Store>`](Store) and never care which backend is behind it: the embedded
+//! default is one SQLite file ([`SqliteStore`]); a PostgreSQL backend for clusters implements the
+//! same trait. Every write publishes a [`Change`] so caches such as the registrar's [`Directory`]
+//! follow live. Types that matter: [`Store`], [`Directory`], [`DirectorySnapshot`], the model types.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod directory;
+mod model;
+mod sqlite;
+
+pub use directory::{Directory, DirectorySnapshot};
+pub use model::{ClusterSettings, Change, Device, Line, Node, RefreshToken, SigningKey, User};
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+/// Errors of the store; the API maps them to problem responses in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The entity exists already.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The entity does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A referenced entity does not exist (e.g. a device's owner).
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed.
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Result alias for store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The persistence interface every backend implements.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads cluster settings.
+    async fn cluster_settings(&self) -> Result<ClusterSettings>;
+    /// Sets cluster OAuth mode.
+    async fn set_oauth_mode(&self, on: bool) -> Result<()>;
+
+    /// Creates a user; `Conflict` if the id is taken.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    /// Reads one user.
+    async fn user(&self, id: &str) -> Result<Option<User>>;
+    /// Lists users ordered by id.
+    async fn users(&self) -> Result<Vec<User>>;
+    /// Deletes a user and, with it, the user's devices and refresh tokens.
+    async fn delete_user(&self, id: &str) -> Result<()>;
+
+    /// Creates a device; the owner must exist and its lines must be free.
+    async fn create_device(&self, device: &Device) -> Result<()>;
+    /// Reads one device by name (case-insensitive).
+    async fn device(&self, name: &str) -> Result<Option<Device>>;
+    /// Lists devices ordered by name.
+    async fn devices(&self) -> Result<Vec<Device>>;
+    /// Deletes a device.
+    async fn delete_device(&self, name: &str) -> Result<()>;
+
+    /// Creates or replaces a node.
+    async fn upsert_node(&self, node: &Node) -> Result<()>;
+    /// Lists nodes ordered by name.
+    async fn nodes(&self) -> Result<Vec<Node>>;
+
+    /// Stores a new signing key; when it is active, every other key becomes inactive.
+    async fn insert_signing_key(&self, key: &SigningKey) -> Result<()>;
+    /// Lists signing keys, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>>;
+
+    /// Stores a refresh token.
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<()>;
+    /// Atomically removes and returns an unexpired refresh token: exactly one caller wins.
+    async fn take_refresh_token(&self, hash: &str, now: i64) -> Result<Option<RefreshToken>>;
+
+    /// Subscribes to change notifications.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
+}

@@ -1,0 +1,122 @@
+//! The data model shared by every service: plain values, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+/// An end user who owns devices and obtains tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The user id (`sub` of the user's access tokens).
+    pub id: String,
+    /// Argon2id PHC string; never serialised to API clients.
+    #[serde(skip_serializing, default)]
+    pub password_hash: String,
+    /// Unix seconds when the user was created.
+    pub created_at: i64,
+}
+
+/// A directory number (line) on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// The directory number, e.g. `1010`; the user part of the AOR.
+    pub dn: String,
+    /// Display name shown on the device; defaults to the owner's id.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// A phone or soft client, e.g. `CSFjdoe`, with its lines and security profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Device name as the client sends it in `+u.sip!devicename.ccm.cisco.com`.
+    pub name: String,
+    /// The user id owning this device.
+    pub owner: String,
+    /// Lines in button order.
+    pub lines: Vec<Line>,
+    /// Whether the device's security profile enables OAuth ("Enable OAuth Authentication").
+    pub oauth: bool,
+    /// Unix seconds of the last change, used for config versioning.
+    pub updated_at: i64,
+}
+
+impl Device {
+    /// Whether `dn` is one of this device's lines.
+    pub fn has_line(&self, dn: &str) -> bool {
+        self.lines.iter().any(|l| l.dn == dn)
+    }
+}
+
+/// Cluster-wide settings (Unified CM's `ClusterSIPOAuthMode` and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// Cluster SIP OAuth mode; off by default, as in Unified CM.
+    pub oauth_mode: bool,
+}
+
+/// A sipreg node with the ports it advertises and listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node name (`processNodeName`).
+    pub name: String,
+    /// Host name or address clients use to reach the node.
+    pub host: String,
+    /// Legacy SIP port (UDP/TCP).
+    pub sip_port: u16,
+    /// Legacy SIP TLS port.
+    pub secured_sip_port: u16,
+    /// SIP OAuth port (TLS, `sipOAuthPort`).
+    pub sip_oauth_port: u16,
+    /// SIP MRA OAuth port (mutual TLS, `sipMRAOAuthPort`).
+    pub sip_mra_oauth_port: u16,
+}
+
+/// An ES256 token signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    /// Key id published in the JWKS and carried in token headers.
+    pub kid: String,
+    /// JWS algorithm, `ES256`.
+    pub alg: String,
+    /// PKCS#8 PEM private key. Secret: never logged.
+    pub private_pem: String,
+    /// Base64url P-256 public x coordinate.
+    pub public_x: String,
+    /// Base64url P-256 public y coordinate.
+    pub public_y: String,
+    /// Unix seconds when created.
+    pub created_at: i64,
+    /// Whether new tokens are signed with this key.
+    pub active: bool,
+}
+
+/// A stored refresh token; only its hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshToken {
+    /// Hex SHA-256 of the opaque token.
+    pub hash: String,
+    /// The user it was issued to.
+    pub user_id: String,
+    /// The OAuth client it was issued to.
+    pub client_id: String,
+    /// Granted scope.
+    pub scope: String,
+    /// Unix seconds of issue.
+    pub issued_at: i64,
+    /// Unix seconds of expiry.
+    pub expires_at: i64,
+}
+
+/// What changed in the store, so that caches and listeners can follow live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Cluster settings (e.g. OAuth mode).
+    Cluster,
+    /// A user was created or deleted.
+    User(String),
+    /// A device was created, changed or deleted.
+    Device(String),
+    /// A node's ports changed.
+    Node(String),
+    /// Signing keys changed.
+    SigningKeys,
+}
