@@ -1,1 +1,180 @@
-fn main() {}
+//! `sipreg`: a SIP registrar with OAuth token authentication.
+//!
+//! `sipreg serve` runs the server (see [`serve`]); every other subcommand is a client of the admin
+//! API (see [`cli`]).
+#![forbid(unsafe_code)]
+
+mod api;
+mod cli;
+mod config;
+mod https;
+mod live;
+mod problem;
+mod serve;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Unix seconds now.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A SIP registrar with OAuth token authentication.
+#[derive(Parser)]
+#[command(name = "sipreg", version, about)]
+struct Cli {
+    /// Data dir holding the database, keys, certificates and the admin token.
+    #[arg(
+        long,
+        global = true,
+        env = "SIPREG_DATA_DIR",
+        default_value = "./sipreg-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded defaults when no config file is given).
+    Serve(ServeArgs),
+    /// Cluster SIP OAuth mode.
+    #[command(name = "oauth-mode")]
+    OAuthMode {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli::OAuthModeAction,
+    },
+    /// End users.
+    User {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli::UserAction,
+    },
+    /// Devices (soft clients and phones) with their lines.
+    Device {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli::DeviceAction,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; unknown keys are rejected.
+    #[arg(long, env = "SIPREG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address every listener binds to (overrides `listen.address`).
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// SIP OAuth (TLS) port (overrides `listen.sip_oauth_port`; 0 picks a free one).
+    #[arg(long)]
+    sip_oauth_port: Option<u16>,
+    /// HTTPS port of the token service and admin API (overrides `listen.https_port`).
+    #[arg(long)]
+    https_port: Option<u16>,
+    /// Device config HTTP port (overrides `listen.config_http_port`).
+    #[arg(long)]
+    config_http_port: Option<u16>,
+    /// Host name clients use for this node (overrides `public_host`).
+    #[arg(long)]
+    public_host: Option<String>,
+    /// This node's name (overrides `node_name`).
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for the whole process: aws-lc-rs (ring is never built).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIPREG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sipreg: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let opts = match serve_options(cli.data_dir, args) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("sipreg: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(serve::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sipreg: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::OAuthMode { api, action } => {
+            rt.block_on(cli::oauth_mode(&cli.data_dir, api, action))
+        }
+        Command::User { api, action } => rt.block_on(cli::user(&cli.data_dir, api, action)),
+        Command::Device { api, action } => rt.block_on(cli::device(&cli.data_dir, api, action)),
+    }
+}
+
+fn serve_options(
+    data_dir: PathBuf,
+    a: ServeArgs,
+) -> Result<serve::ServeOptions, config::ConfigError> {
+    let mut cfg = match &a.config {
+        Some(p) => config::Config::from_file(p)?,
+        None => config::Config::default(),
+    };
+    if let Some(v) = a.bind {
+        cfg.listen.address = v;
+    }
+    if let Some(v) = a.sip_oauth_port {
+        cfg.listen.sip_oauth_port = v;
+    }
+    if let Some(v) = a.https_port {
+        cfg.listen.https_port = v;
+    }
+    if let Some(v) = a.config_http_port {
+        cfg.listen.config_http_port = v;
+    }
+    if a.public_host.is_some() {
+        cfg.public_host = a.public_host;
+    }
+    if a.node_name.is_some() {
+        cfg.node_name = a.node_name;
+    }
+    cfg.validate()?;
+    // The config file's data_dir applies unless the command line or environment named one.
+    let data_dir = match (&cfg.data_dir, data_dir.as_os_str() == "./sipreg-data") {
+        (Some(d), true) => d.clone(),
+        _ => data_dir,
+    };
+    Ok(serve::ServeOptions {
+        data_dir,
+        config: cfg,
+    })
+}

@@ -61,7 +61,9 @@ pub struct Directory {
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory").field("generation", &self.current.load().generation).finish()
+        f.debug_struct("Directory")
+            .field("generation", &self.current.load().generation)
+            .finish()
     }
 }
 
@@ -69,7 +71,9 @@ impl Directory {
     /// Loads a first snapshot from the store.
     pub async fn load(store: &dyn Store) -> Result<Self> {
         let snap = build(store, 1).await?;
-        Ok(Directory { current: Arc::new(ArcSwap::from_pointee(snap)) })
+        Ok(Directory {
+            current: Arc::new(ArcSwap::from_pointee(snap)),
+        })
     }
 
     /// The current snapshot; cheap, never blocks.
@@ -102,7 +106,10 @@ async fn build(store: &dyn Store, generation: u64) -> Result<DirectorySnapshot> 
     }
     for d in devices {
         let d = Arc::new(d);
-        snap.by_owner.entry(d.owner.clone()).or_default().push(d.clone());
+        snap.by_owner
+            .entry(d.owner.clone())
+            .or_default()
+            .push(d.clone());
         snap.devices.insert(d.name.to_ascii_lowercase(), d);
     }
     Ok(snap)

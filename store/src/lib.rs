@@ -12,7 +12,7 @@ mod model;
 mod sqlite;
 
 pub use directory::{Directory, DirectorySnapshot};
-pub use model::{ClusterSettings, Change, Device, Line, Node, RefreshToken, SigningKey, User};
+pub use model::{Change, ClusterSettings, Device, Line, Node, RefreshToken, SigningKey, User};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -66,7 +66,10 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
         let (changes, _) = broadcast::channel(256);
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), changes })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            changes,
+        })
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -95,7 +98,10 @@ impl SqliteStore {
 fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
     }
     Ok(())
 }
@@ -128,11 +134,15 @@ fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
         )
         .optional()?;
     let Some(mut dev) = row else { return Ok(None) };
-    let mut stmt = conn.prepare_cached(
-        "SELECT dn, display_name FROM lines WHERE device = ?1 ORDER BY position",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT dn, display_name FROM lines WHERE device = ?1 ORDER BY position")?;
     dev.lines = stmt
-        .query_map(params![dev.name], |r| Ok(Line { dn: r.get(0)?, display_name: r.get(1)? }))?
+        .query_map(params![dev.name], |r| {
+            Ok(Line {
+                dn: r.get(0)?,
+                display_name: r.get(1)?,
+            })
+        })?
         .collect::<std::result::Result<_, _>>()?;
     Ok(Some(dev))
 }
@@ -154,7 +164,10 @@ impl Store for SqliteStore {
 
     async fn set_oauth_mode(&self, on: bool) -> Result<()> {
         self.with(move |c| {
-            c.execute("UPDATE cluster_settings SET oauth_mode = ?1 WHERE id = 1", params![on as i64])?;
+            c.execute(
+                "UPDATE cluster_settings SET oauth_mode = ?1 WHERE id = 1",
+                params![on as i64],
+            )?;
             Ok(())
         })
         .await?;
@@ -183,7 +196,13 @@ impl Store for SqliteStore {
             Ok(c.query_row(
                 "SELECT id, password_hash, created_at FROM users WHERE id = ?1",
                 params![id],
-                |r| Ok(User { id: r.get(0)?, password_hash: r.get(1)?, created_at: r.get(2)? }),
+                |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        password_hash: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                },
             )
             .optional()?)
         })
@@ -192,10 +211,15 @@ impl Store for SqliteStore {
 
     async fn users(&self) -> Result<Vec<User>> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT id, password_hash, created_at FROM users ORDER BY id")?;
+            let mut stmt =
+                c.prepare("SELECT id, password_hash, created_at FROM users ORDER BY id")?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(User { id: r.get(0)?, password_hash: r.get(1)?, created_at: r.get(2)? })
+                    Ok(User {
+                        id: r.get(0)?,
+                        password_hash: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
                 })?
                 .collect::<std::result::Result<_, _>>()?;
             Ok(rows)
@@ -403,7 +427,10 @@ impl Store for SqliteStore {
                     },
                 )
                 .optional()?;
-            tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1 OR expires_at <= ?2", params![hash, now])?;
+            tx.execute(
+                "DELETE FROM refresh_tokens WHERE hash = ?1 OR expires_at <= ?2",
+                params![hash, now],
+            )?;
             tx.commit()?;
             Ok(tok.filter(|t| t.expires_at > now))
         })
@@ -420,14 +447,24 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> User {
-        User { id: id.into(), password_hash: "h".into(), created_at: 1 }
+        User {
+            id: id.into(),
+            password_hash: "h".into(),
+            created_at: 1,
+        }
     }
 
     fn device(name: &str, owner: &str, dns: &[&str]) -> Device {
         Device {
             name: name.into(),
             owner: owner.into(),
-            lines: dns.iter().map(|d| Line { dn: (*d).into(), display_name: None }).collect(),
+            lines: dns
+                .iter()
+                .map(|d| Line {
+                    dn: (*d).into(),
+                    display_name: None,
+                })
+                .collect(),
             oauth: true,
             updated_at: 1,
         }
@@ -440,13 +477,22 @@ mod tests {
         {
             let s = SqliteStore::open(&path).unwrap();
             s.create_user(&user("alice")).await.unwrap();
-            s.create_device(&device("CSFalice", "alice", &["1010", "1011"])).await.unwrap();
+            s.create_device(&device("CSFalice", "alice", &["1010", "1011"]))
+                .await
+                .unwrap();
             s.set_oauth_mode(true).await.unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
         assert!(s.cluster_settings().await.unwrap().oauth_mode);
-        let d = s.device("csfalice").await.unwrap().expect("case-insensitive lookup");
-        assert_eq!(d.lines.iter().map(|l| l.dn.as_str()).collect::<Vec<_>>(), ["1010", "1011"]);
+        let d = s
+            .device("csfalice")
+            .await
+            .unwrap()
+            .expect("case-insensitive lookup");
+        assert_eq!(
+            d.lines.iter().map(|l| l.dn.as_str()).collect::<Vec<_>>(),
+            ["1010", "1011"]
+        );
     }
 
     #[tokio::test]
@@ -454,19 +500,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("db")).unwrap();
         s.create_user(&user("bob")).await.unwrap();
-        assert!(matches!(s.create_user(&user("bob")).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.create_user(&user("bob")).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert!(matches!(
             s.create_device(&device("CSFx", "nobody", &["1"])).await,
             Err(StoreError::Invalid(_))
         ));
-        s.create_device(&device("CSFbob", "bob", &["2000"])).await.unwrap();
+        s.create_device(&device("CSFbob", "bob", &["2000"]))
+            .await
+            .unwrap();
         assert!(matches!(
             s.create_device(&device("csfBOB", "bob", &["2001"])).await,
             Err(StoreError::Conflict(_))
         ));
         s.delete_user("bob").await.unwrap();
-        assert!(s.device("CSFbob").await.unwrap().is_none(), "devices cascade with their owner");
-        assert!(matches!(s.delete_user("bob").await, Err(StoreError::NotFound(_))));
+        assert!(
+            s.device("CSFbob").await.unwrap().is_none(),
+            "devices cascade with their owner"
+        );
+        assert!(matches!(
+            s.delete_user("bob").await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -483,10 +540,17 @@ mod tests {
             expires_at: 100,
         };
         s.insert_refresh_token(&t).await.unwrap();
-        assert_eq!(s.take_refresh_token("abc", 50).await.unwrap(), Some(t.clone()));
+        assert_eq!(
+            s.take_refresh_token("abc", 50).await.unwrap(),
+            Some(t.clone())
+        );
         assert_eq!(s.take_refresh_token("abc", 50).await.unwrap(), None);
         s.insert_refresh_token(&t).await.unwrap();
-        assert_eq!(s.take_refresh_token("abc", 100).await.unwrap(), None, "expired tokens are not returned");
+        assert_eq!(
+            s.take_refresh_token("abc", 100).await.unwrap(),
+            None,
+            "expired tokens are not returned"
+        );
     }
 
     #[tokio::test]
@@ -506,7 +570,13 @@ mod tests {
         s.insert_signing_key(&key("k1", 1)).await.unwrap();
         s.insert_signing_key(&key("k2", 2)).await.unwrap();
         let keys = s.signing_keys().await.unwrap();
-        assert_eq!(keys.iter().filter(|k| k.active).map(|k| k.kid.as_str()).collect::<Vec<_>>(), ["k2"]);
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.active)
+                .map(|k| k.kid.as_str())
+                .collect::<Vec<_>>(),
+            ["k2"]
+        );
         assert_eq!(rx.recv().await.unwrap(), Change::SigningKeys);
     }
 }

@@ -1,0 +1,862 @@
+//! Our own parser for a framed SIP request head, and typed access to what the registrar needs.
+//!
+//! rsip cannot parse what real clients send (compact names, folded lines, extension methods; see
+//! anchors §5), so the head is parsed here and rsip is used only to validate URIs.
+
+use std::fmt;
+
+/// Why a request cannot be processed; the text is the reason phrase of the `400`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// The bytes are not UTF-8 text.
+    #[error("Message Not UTF-8")]
+    NotUtf8,
+    /// The message is a response, not a request.
+    #[error("Not A Request")]
+    NotARequest,
+    /// The request line is malformed.
+    #[error("Bad Request Line")]
+    BadRequestLine,
+    /// The SIP version is not `SIP/2.0`.
+    #[error("Unsupported SIP Version")]
+    BadVersion,
+    /// A header line has no colon or an invalid name.
+    #[error("Bad Header Line")]
+    BadHeader,
+    /// A mandatory header is absent.
+    #[error("Missing {0}")]
+    Missing(&'static str),
+    /// A header is present more than once where only one is allowed.
+    #[error("Duplicate {0}")]
+    Duplicate(&'static str),
+    /// A header's value is malformed.
+    #[error("Bad {0}")]
+    Bad(&'static str),
+    /// The CSeq method is not the request method.
+    #[error("CSeq Method Mismatch")]
+    CSeqMethodMismatch,
+}
+
+/// One header field, unfolded, with its canonical (long, conventionally capitalised) name.
+/// Comma-separated list headers are split into one `Header` per element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Canonical name, e.g. `Call-ID` for `i`.
+    pub name: String,
+    /// Value with surrounding whitespace removed.
+    pub value: String,
+}
+
+/// A parsed SIP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Method token, case-sensitive (`REGISTER`, extension methods allowed).
+    pub method: String,
+    /// The Request-URI as sent.
+    pub request_uri: String,
+    /// Headers in order.
+    pub headers: Vec<Header>,
+    /// Body bytes (everything after the blank line; the framer bounded it).
+    pub body: Vec<u8>,
+}
+
+/// `CSeq` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    /// Sequence number.
+    pub seq: u32,
+    /// Method name.
+    pub method: String,
+}
+
+/// A `From` or `To` header: raw value, URI and tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr {
+    /// The header value as sent.
+    pub raw: String,
+    /// The URI inside `<>` (or the addr-spec).
+    pub uri: String,
+    /// Header parameters, names lowercased, quoted values unquoted.
+    pub params: Vec<(String, Option<String>)>,
+}
+
+impl NameAddr {
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&str> {
+        param(&self.params, "tag")
+    }
+}
+
+/// An address-of-record, the bindings key: `user@host` of the To URI, URI params dropped
+/// (RFC 3261 §10.3 step 5), host lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Aor {
+    /// User part (the directory number), if any.
+    pub user: Option<String>,
+    /// Host, lowercased.
+    pub host: String,
+}
+
+impl fmt::Display for Aor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(u) => write!(f, "{u}@{}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// The Cisco Contact feature parameter naming the registering device.
+pub const DEVICE_NAME_PARAM: &str = "+u.sip!devicename.ccm.cisco.com";
+
+/// One `Contact` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contact {
+    /// `Contact: *` (remove all bindings).
+    Wildcard,
+    /// A name-addr or addr-spec.
+    Address(ContactAddress),
+}
+
+/// A `Contact` address with the parameters the registrar uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactAddress {
+    /// The header value as sent.
+    pub raw: String,
+    /// The contact URI as sent (without `<>`).
+    pub uri: String,
+    /// Canonical form for comparing contacts (RFC 3261 §19.1.4, simplified).
+    pub uri_key: String,
+    /// All header parameters, names lowercased, quoted values unquoted.
+    pub params: Vec<(String, Option<String>)>,
+    /// `expires` parameter (saturated to `u32::MAX`).
+    pub expires: Option<u32>,
+    /// `q` parameter as sent.
+    pub q: Option<String>,
+    /// `+sip.instance` (RFC 5626), unquoted, e.g. `<urn:uuid:...>`.
+    pub instance: Option<String>,
+    /// `reg-id` (RFC 5626).
+    pub reg_id: Option<u32>,
+    /// `+u.sip!devicename.ccm.cisco.com`, the Unified CM device name.
+    pub device_name: Option<String>,
+}
+
+impl Request {
+    /// Parses a framed request (head and body).
+    pub fn parse(bytes: &[u8]) -> Result<Request, MessageError> {
+        let (line, headers, body) = split(bytes)?;
+        let (method, request_uri) = request_line(line)?;
+        Ok(Request {
+            method,
+            request_uri,
+            headers,
+            body,
+        })
+    }
+
+    /// Parses as much as possible to answer a malformed request with a `400`: headers are kept
+    /// even when the request line is bad. `None` if the message is a response or has no headers.
+    pub fn parse_lenient(bytes: &[u8]) -> Option<Request> {
+        let (line, headers, body) = split(bytes).ok()?;
+        if line.starts_with("SIP/") {
+            return None;
+        }
+        let (method, request_uri) = request_line(line).unwrap_or_default();
+        Some(Request {
+            method,
+            request_uri,
+            headers,
+            body,
+        })
+    }
+
+    /// Every value of header `name` (case-insensitive, long canonical name), in order.
+    pub fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        let name = name.to_owned();
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(&name))
+            .map(|h| h.value.as_str())
+    }
+
+    /// The first value of header `name`.
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.all(name).next()
+    }
+
+    fn single(&self, name: &'static str) -> Result<&str, MessageError> {
+        let mut it = self.all(name);
+        let v = it.next().ok_or(MessageError::Missing(name))?;
+        if it.next().is_some() {
+            return Err(MessageError::Duplicate(name));
+        }
+        Ok(v)
+    }
+
+    /// `Via` values, top first (copied into responses).
+    pub fn via(&self) -> Vec<&str> {
+        self.all("Via").collect()
+    }
+
+    /// The `Call-ID`.
+    pub fn call_id(&self) -> Result<&str, MessageError> {
+        let v = self.single("Call-ID")?;
+        if v.is_empty() || v.contains(char::is_whitespace) {
+            return Err(MessageError::Bad("Call-ID"));
+        }
+        Ok(v)
+    }
+
+    /// The `CSeq`; its method must be the request method.
+    pub fn cseq(&self) -> Result<CSeq, MessageError> {
+        let v = self.single("CSeq")?;
+        let mut parts = v.split_whitespace();
+        let (Some(num), Some(method), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(MessageError::Bad("CSeq"));
+        };
+        // RFC 3261 §8.1.1.5: less than 2^31.
+        let seq: u32 = match num.parse() {
+            Ok(n) if n < 1 << 31 && num.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(MessageError::Bad("CSeq")),
+        };
+        if method != self.method {
+            return Err(MessageError::CSeqMethodMismatch);
+        }
+        Ok(CSeq {
+            seq,
+            method: method.to_owned(),
+        })
+    }
+
+    /// The `From` header.
+    pub fn from_header(&self) -> Result<NameAddr, MessageError> {
+        name_addr(self.single("From")?).ok_or(MessageError::Bad("From"))
+    }
+
+    /// The `To` header.
+    pub fn to_header(&self) -> Result<NameAddr, MessageError> {
+        name_addr(self.single("To")?).ok_or(MessageError::Bad("To"))
+    }
+
+    /// The AOR from the `To` URI, validated with rsip; only `sip`/`sips` are accepted.
+    pub fn aor(&self) -> Result<Aor, MessageError> {
+        let to = self.to_header()?;
+        let uri = parse_sip_uri(&to.uri).ok_or(MessageError::Bad("To URI"))?;
+        Ok(Aor {
+            user: uri.user().map(str::to_owned),
+            host: uri.host().to_string().to_ascii_lowercase(),
+        })
+    }
+
+    /// The scheme of the Request-URI, lowercased (`sip`, `sips`, `tel`, ...).
+    pub fn request_uri_scheme(&self) -> String {
+        scheme_of(&self.request_uri)
+    }
+
+    /// Validates the Request-URI with rsip (call after checking the scheme is `sip`/`sips`).
+    pub fn check_request_uri(&self) -> Result<(), MessageError> {
+        parse_sip_uri(&self.request_uri)
+            .map(|_| ())
+            .ok_or(MessageError::Bad("Request-URI"))
+    }
+
+    /// All `Contact` values.
+    pub fn contacts(&self) -> Result<Vec<Contact>, MessageError> {
+        self.all("Contact").map(contact).collect()
+    }
+
+    /// The `Expires` header (saturated to `u32::MAX`).
+    pub fn expires(&self) -> Result<Option<u32>, MessageError> {
+        match self.all("Expires").next() {
+            None => Ok(None),
+            Some(v) => delta_seconds(v)
+                .map(Some)
+                .ok_or(MessageError::Bad("Expires")),
+        }
+    }
+
+    /// `Authorization` values.
+    pub fn authorization(&self) -> Vec<&str> {
+        self.all("Authorization").collect()
+    }
+
+    /// `Proxy-Authorization` values.
+    pub fn proxy_authorization(&self) -> Vec<&str> {
+        self.all("Proxy-Authorization").collect()
+    }
+
+    /// The `User-Agent`.
+    pub fn user_agent(&self) -> Option<&str> {
+        self.first("User-Agent")
+    }
+
+    /// `Require` option tags.
+    pub fn require(&self) -> Vec<&str> {
+        self.all("Require").filter(|v| !v.is_empty()).collect()
+    }
+
+    /// `Supported` option tags.
+    pub fn supported(&self) -> Vec<&str> {
+        self.all("Supported").filter(|v| !v.is_empty()).collect()
+    }
+
+    /// `Path` values in order (RFC 3327).
+    pub fn path(&self) -> Vec<&str> {
+        self.all("Path").collect()
+    }
+}
+
+/// Parses a `sip:`/`sips:` URI with rsip; `None` for other schemes or malformed URIs.
+pub(crate) fn parse_sip_uri(uri: &str) -> Option<rsip::Uri> {
+    let scheme = scheme_of(uri);
+    if scheme != "sip" && scheme != "sips" {
+        return None;
+    }
+    let parsed = rsip::Uri::try_from(uri).ok()?;
+    // rsip accepts a URI with an empty host; a registrar cannot use one.
+    if parsed.host().to_string().is_empty() {
+        return None;
+    }
+    Some(parsed)
+}
+
+fn scheme_of(uri: &str) -> String {
+    uri.split_once(':')
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Canonical comparison key of a SIP URI: scheme, user (case-sensitive), host (lowercased),
+/// port and the URI parameters RFC 3261 §19.1.4 makes significant.
+pub(crate) fn uri_key(uri: &rsip::Uri, raw: &str) -> String {
+    let scheme = scheme_of(raw);
+    let user = uri.user().unwrap_or("");
+    let host = uri.host().to_string().to_ascii_lowercase();
+    let port = uri.port().map(|p| p.to_string()).unwrap_or_default();
+    let mut significant: Vec<String> = uri
+        .params
+        .iter()
+        .map(|p| p.to_string().trim_start_matches(';').to_ascii_lowercase())
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            matches!(name, "transport" | "user" | "ttl" | "method" | "maddr")
+        })
+        .collect();
+    significant.sort();
+    format!("{scheme}:{user}@{host}:{port};{}", significant.join(";"))
+}
+
+fn split(bytes: &[u8]) -> Result<(&str, Vec<Header>, Vec<u8>), MessageError> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match head_end {
+        Some(i) => (&bytes[..i], bytes[i + 4..].to_vec()),
+        None => (bytes.strip_suffix(b"\r\n").unwrap_or(bytes), Vec::new()),
+    };
+    let head = std::str::from_utf8(head).map_err(|_| MessageError::NotUtf8)?;
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or("");
+    // Unfold (RFC 3261 §7.3.1): a line starting with SP/HT continues the previous one.
+    let mut raw: Vec<String> = Vec::new();
+    for l in lines {
+        if l.starts_with([' ', '\t']) {
+            let prev = raw.last_mut().ok_or(MessageError::BadHeader)?;
+            prev.push(' ');
+            prev.push_str(l.trim_start());
+        } else {
+            raw.push(l.to_owned());
+        }
+    }
+    let mut headers = Vec::new();
+    for l in raw {
+        let (name, value) = l.split_once(':').ok_or(MessageError::BadHeader)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(MessageError::BadHeader);
+        }
+        let name = canonical_name(name);
+        let value = value.trim();
+        if is_list_header(&name) {
+            for part in split_list(value) {
+                headers.push(Header {
+                    name: name.clone(),
+                    value: part.to_owned(),
+                });
+            }
+        } else {
+            headers.push(Header {
+                name,
+                value: value.to_owned(),
+            });
+        }
+    }
+    Ok((line, headers, body))
+}
+
+fn request_line(line: &str) -> Result<(String, String), MessageError> {
+    if line.starts_with("SIP/") {
+        return Err(MessageError::NotARequest);
+    }
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(MessageError::BadRequestLine);
+    };
+    // `<>` around the Request-URI is invalid (RFC 4475 §3.1.2.12, ltgtruri).
+    if method.is_empty()
+        || !method.bytes().all(is_token_char)
+        || !uri.contains(':')
+        || uri.contains(['<', '>'])
+    {
+        return Err(MessageError::BadRequestLine);
+    }
+    if version != "SIP/2.0" {
+        return Err(MessageError::BadVersion);
+    }
+    Ok((method.to_owned(), uri.to_owned()))
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// Long canonical names for compact forms (RFC 3261 §7.3.3 and later RFCs) and well-known headers.
+fn canonical_name(name: &str) -> String {
+    const COMPACT: &[(&str, &str)] = &[
+        ("i", "Call-ID"),
+        ("f", "From"),
+        ("t", "To"),
+        ("m", "Contact"),
+        ("v", "Via"),
+        ("l", "Content-Length"),
+        ("k", "Supported"),
+        ("c", "Content-Type"),
+        ("e", "Content-Encoding"),
+        ("s", "Subject"),
+        ("o", "Event"),
+        ("r", "Refer-To"),
+        ("b", "Referred-By"),
+        ("u", "Allow-Events"),
+        ("x", "Session-Expires"),
+        ("a", "Accept-Contact"),
+        ("j", "Reject-Contact"),
+        ("d", "Request-Disposition"),
+        ("y", "Identity"),
+        ("n", "Identity-Info"),
+    ];
+    const KNOWN: &[&str] = &[
+        "Call-ID",
+        "From",
+        "To",
+        "Contact",
+        "Via",
+        "Content-Length",
+        "Supported",
+        "Content-Type",
+        "CSeq",
+        "Expires",
+        "Authorization",
+        "Proxy-Authorization",
+        "User-Agent",
+        "Require",
+        "Proxy-Require",
+        "Path",
+        "Max-Forwards",
+        "Route",
+        "Record-Route",
+        "Allow",
+        "Unsupported",
+        "Date",
+    ];
+    if name.len() == 1 {
+        if let Some((_, long)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
+            return (*long).to_owned();
+        }
+    }
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .map(|k| (*k).to_owned())
+        .unwrap_or_else(|| name.to_owned())
+}
+
+fn is_list_header(name: &str) -> bool {
+    matches!(
+        name,
+        "Via"
+            | "Contact"
+            | "Path"
+            | "Supported"
+            | "Require"
+            | "Proxy-Require"
+            | "Route"
+            | "Record-Route"
+            | "Allow"
+            | "Unsupported"
+    )
+}
+
+/// Splits a comma list, ignoring commas inside quotes and `<>`.
+fn split_list(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    // An empty header (`Supported:`) stays one empty value; empty list elements are dropped.
+    if out.len() > 1 {
+        out.retain(|s| !s.is_empty());
+    }
+    out
+}
+
+/// Splits `s` on `sep` outside quoted strings.
+fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// Removes surrounding quotes and backslash escapes from a quoted-string.
+pub(crate) fn unquote(v: &str) -> String {
+    let v = v.trim();
+    match v.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        out.push(n);
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        None => v.to_owned(),
+    }
+}
+
+fn params(s: &str) -> Vec<(String, Option<String>)> {
+    split_outside_quotes(s, ';')
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (n.trim().to_ascii_lowercase(), Some(unquote(v))),
+            None => (p.to_ascii_lowercase(), None),
+        })
+        .collect()
+}
+
+fn param<'a>(params: &'a [(String, Option<String>)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+}
+
+/// Parses `["display"] <uri>;params` or `uri;params` (where the params belong to the header).
+fn name_addr(value: &str) -> Option<NameAddr> {
+    let value = value.trim();
+    // Find '<' outside a quoted display name.
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut lt = None;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => {
+                lt = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (uri, rest) = match lt {
+        Some(i) => {
+            let after = &value[i + 1..];
+            let gt = after.find('>')?;
+            (&after[..gt], &after[gt + 1..])
+        }
+        None => match value.find(';') {
+            Some(i) => (&value[..i], &value[i..]),
+            None => (value, ""),
+        },
+    };
+    let uri = uri.trim();
+    if uri.is_empty() || !uri.contains(':') {
+        return None;
+    }
+    let rest = rest.trim();
+    if !rest.is_empty() && !rest.starts_with(';') {
+        return None;
+    }
+    Some(NameAddr {
+        raw: value.to_owned(),
+        uri: uri.to_owned(),
+        params: params(rest),
+    })
+}
+
+fn contact(value: &str) -> Result<Contact, MessageError> {
+    if value.trim() == "*" {
+        return Ok(Contact::Wildcard);
+    }
+    let na = name_addr(value).ok_or(MessageError::Bad("Contact"))?;
+    let parsed = parse_sip_uri(&na.uri).ok_or(MessageError::Bad("Contact URI"))?;
+    let expires = match param(&na.params, "expires") {
+        Some(v) => Some(delta_seconds(v).ok_or(MessageError::Bad("Contact expires"))?),
+        None => None,
+    };
+    let reg_id = match param(&na.params, "reg-id") {
+        // RFC 5626 §10: 1 .. 2^31-1.
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..1 << 31).contains(&n) => Some(n),
+            _ => return Err(MessageError::Bad("Contact reg-id")),
+        },
+        None => None,
+    };
+    Ok(Contact::Address(ContactAddress {
+        uri_key: uri_key(&parsed, &na.uri),
+        raw: na.raw.clone(),
+        expires,
+        q: param(&na.params, "q").map(str::to_owned),
+        instance: param(&na.params, "+sip.instance").map(str::to_owned),
+        reg_id,
+        device_name: param(&na.params, DEVICE_NAME_PARAM).map(str::to_owned),
+        uri: na.uri,
+        params: na.params,
+    }))
+}
+
+/// delta-seconds; values beyond 2^32-1 saturate (RFC 3261 §20.19 treats them as 2^32-1).
+fn delta_seconds(v: &str) -> Option<u32> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u32>().unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JABBER: &str = "REGISTER sip:10.10.10.1 SIP/2.0\r\n\
+Via: SIP/2.0/TLS 10.10.10.10:62162;branch=z9hG4bK00001188\r\n\
+From: <sip:1010@10.10.10.1>;tag=882323451234089000003bdd-00005eff\r\n\
+To: <sip:1010@10.10.10.1>\r\n\
+Call-ID: 88232345-12340017-00001c0b-00000cfa@10.10.10.10\r\n\
+Max-Forwards: 70\r\n\
+CSeq: 2270 REGISTER\r\n\
+User-Agent: Cisco-CSF\r\n\
+Contact: <sip:a8ae9f92-4b07-a0d7-d701-29320aed1e2e@10.10.10.10:62162;transport=tls>;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-882323451234>\";+u.sip!devicename.ccm.cisco.com=\"CSFrado\";+u.sip!model.ccm.cisco.com=\"503\";video\r\n\
+Supported: replaces,join,sdp-anat,norefersub,X-cisco-graceful-reg\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn parses_the_jabber_register() {
+        let r = Request::parse(JABBER.as_bytes()).unwrap();
+        assert_eq!(r.method, "REGISTER");
+        assert_eq!(r.request_uri, "sip:10.10.10.1");
+        assert_eq!(
+            r.via(),
+            vec!["SIP/2.0/TLS 10.10.10.10:62162;branch=z9hG4bK00001188"]
+        );
+        assert_eq!(
+            r.call_id().unwrap(),
+            "88232345-12340017-00001c0b-00000cfa@10.10.10.10"
+        );
+        assert_eq!(
+            r.cseq().unwrap(),
+            CSeq {
+                seq: 2270,
+                method: "REGISTER".into()
+            }
+        );
+        assert_eq!(
+            r.from_header().unwrap().tag(),
+            Some("882323451234089000003bdd-00005eff")
+        );
+        assert_eq!(r.to_header().unwrap().tag(), None);
+        assert_eq!(r.aor().unwrap().to_string(), "1010@10.10.10.1");
+        assert_eq!(r.user_agent(), Some("Cisco-CSF"));
+        assert_eq!(r.supported().len(), 5);
+        let contacts = r.contacts().unwrap();
+        let [Contact::Address(c)] = contacts.as_slice() else {
+            panic!("{contacts:?}")
+        };
+        assert_eq!(
+            c.uri,
+            "sip:a8ae9f92-4b07-a0d7-d701-29320aed1e2e@10.10.10.10:62162;transport=tls"
+        );
+        assert_eq!(c.device_name.as_deref(), Some("CSFrado"));
+        assert_eq!(
+            c.instance.as_deref(),
+            Some("<urn:uuid:00000000-0000-0000-0000-882323451234>")
+        );
+        assert!(c.params.iter().any(|(n, v)| n == "video" && v.is_none()));
+    }
+
+    #[test]
+    fn compact_names_folding_and_lists() {
+        let msg = "REGISTER sip:example.com SIP/2.0\r\n\
+v: SIP/2.0/TLS a;branch=z9hG4bK1, SIP/2.0/TLS b;branch=z9hG4bK2\r\n\
+f: <sip:1@example.com>;tag=1\r\n\
+t: \"Doe, John\" <sip:1@Example.COM;user=phone>\r\n\
+i: abc\r\n\
+cseq  : 1 REGISTER\r\n\
+m: <sip:x@h;a=\"1,2\">;expires=60;q=0.5, \"x,y\" <sip:y@h>\r\n\
+k: path,\r\n outbound\r\n\
+EXPIRES: 99999999999\r\n\
+l: 0\r\n\r\n";
+        let r = Request::parse(msg.as_bytes()).unwrap();
+        assert_eq!(r.via().len(), 2);
+        assert_eq!(r.call_id().unwrap(), "abc");
+        assert_eq!(r.cseq().unwrap().seq, 1);
+        assert_eq!(
+            r.aor().unwrap(),
+            Aor {
+                user: Some("1".into()),
+                host: "example.com".into()
+            }
+        );
+        assert_eq!(r.supported(), vec!["path", "outbound"]);
+        assert_eq!(r.expires().unwrap(), Some(u32::MAX));
+        let c = r.contacts().unwrap();
+        assert_eq!(c.len(), 2);
+        let Contact::Address(first) = &c[0] else {
+            panic!()
+        };
+        assert_eq!(first.expires, Some(60));
+        assert_eq!(first.q.as_deref(), Some("0.5"));
+        let Contact::Address(second) = &c[1] else {
+            panic!()
+        };
+        assert_eq!(second.uri, "sip:y@h");
+    }
+
+    #[test]
+    fn extension_method_and_wildcard() {
+        let r = Request::parse(b"HELLO sip:a@b SIP/2.0\r\nm: *\r\nCSeq: 1 HELLO\r\n\r\n").unwrap();
+        assert_eq!(r.method, "HELLO");
+        assert_eq!(r.contacts().unwrap(), vec![Contact::Wildcard]);
+        assert_eq!(r.cseq().unwrap().method, "HELLO");
+    }
+
+    #[test]
+    fn errors_carry_reason_phrases() {
+        let base = |extra: &str| format!("REGISTER sip:a SIP/2.0\r\nVia: x\r\n{extra}\r\n\r\n");
+        let r = Request::parse(base("CSeq: 1 INVITE").as_bytes()).unwrap();
+        assert_eq!(r.cseq().unwrap_err().to_string(), "CSeq Method Mismatch");
+        let r = Request::parse(base("CSeq: x REGISTER").as_bytes()).unwrap();
+        assert_eq!(r.cseq().unwrap_err().to_string(), "Bad CSeq");
+        let r = Request::parse(base("CSeq: 4294967295 REGISTER").as_bytes()).unwrap();
+        assert_eq!(r.cseq().unwrap_err().to_string(), "Bad CSeq");
+        assert_eq!(r.call_id().unwrap_err().to_string(), "Missing Call-ID");
+        let r = Request::parse(base("i: a\r\nCall-ID: b").as_bytes()).unwrap();
+        assert_eq!(r.call_id().unwrap_err().to_string(), "Duplicate Call-ID");
+        let r = Request::parse(base("To: <tel:+1234>").as_bytes()).unwrap();
+        assert_eq!(r.aor().unwrap_err().to_string(), "Bad To URI");
+        let r = Request::parse(base("m: <http://x>").as_bytes()).unwrap();
+        assert_eq!(r.contacts().unwrap_err().to_string(), "Bad Contact URI");
+        let r = Request::parse(base("m: <sip:a@b>;expires=-1").as_bytes()).unwrap();
+        assert_eq!(r.contacts().unwrap_err().to_string(), "Bad Contact expires");
+        assert_eq!(
+            Request::parse(b"REGISTER sip:a SIP/3.0\r\n\r\n"),
+            Err(MessageError::BadVersion)
+        );
+        assert_eq!(
+            Request::parse(b"REGISTER  sip:a SIP/2.0\r\n\r\n"),
+            Err(MessageError::BadRequestLine)
+        );
+        assert_eq!(
+            Request::parse(b"INVITE <sip:a@b> SIP/2.0\r\n\r\n"),
+            Err(MessageError::BadRequestLine)
+        );
+        assert_eq!(
+            Request::parse(b"REGISTER sip:a SIP/2.0\r\nNoColon\r\n\r\n"),
+            Err(MessageError::BadHeader)
+        );
+        assert_eq!(
+            Request::parse(b"SIP/2.0 200 OK\r\n\r\n"),
+            Err(MessageError::NotARequest)
+        );
+        assert_eq!(
+            Request::parse(b"REGISTER sip:a SIP/2.0\r\nX: \xff\r\n\r\n"),
+            Err(MessageError::NotUtf8)
+        );
+    }
+
+    #[test]
+    fn lenient_parse_keeps_headers_of_a_bad_request_line() {
+        let r = Request::parse_lenient(b"REGISTER sip:a SIP/9.9\r\nVia: x\r\n\r\n").unwrap();
+        assert_eq!(r.via(), vec!["x"]);
+        assert!(Request::parse_lenient(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn contact_uri_keys_compare_per_rfc() {
+        let key = |u: &str| {
+            let r =
+                Request::parse(format!("R sip:a SIP/2.0\r\nm: <{u}>\r\n\r\n").as_bytes()).unwrap();
+            match &r.contacts().unwrap()[0] {
+                Contact::Address(c) => c.uri_key.clone(),
+                Contact::Wildcard => unreachable!(),
+            }
+        };
+        assert_eq!(
+            key("sip:alice@EXAMPLE.com:5061;transport=TLS"),
+            key("SIP:alice@example.com:5061;transport=tls")
+        );
+        assert_eq!(
+            key("sip:alice@example.com;lr"),
+            key("sip:alice@example.com")
+        );
+        assert_ne!(key("sip:Alice@example.com"), key("sip:alice@example.com"));
+        assert_ne!(
+            key("sip:alice@example.com:5060"),
+            key("sip:alice@example.com")
+        );
+        assert_ne!(key("sips:alice@example.com"), key("sip:alice@example.com"));
+    }
+}

@@ -1,0 +1,1050 @@
+//! The REGISTER decision, sans-IO: (request, connection facts, directory view, validator,
+//! location, config, `now`) → response. No clock, no socket; bindings change only through
+//! [`Location::apply`].
+//!
+//! Status codes this module produces:
+//! `200` (REGISTER success, OPTIONS), `400` (malformed, with the reason as phrase),
+//! `401`/`407` (Bearer challenge, RFC 8898 / Unified CM dialect), `403` (authorization failure or
+//! "SIP OAuth Registration port Mismatch", both with `Warning: 399`; too many bindings is
+//! `403 Too Many Bindings`), `405` (other methods), `416` (non-SIP Request-URI),
+//! `420` (unknown `Require`), `423` (interval too brief), `500 CSeq Out Of Order`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, UNIX_EPOCH};
+
+use sipreg_store::{Device, DirectorySnapshot};
+
+use crate::auth::{
+    bearer_token, quoted_param, AuthDialect, BearerValidator, TokenIdentity, UNIFIED_CM_REALM,
+};
+use crate::framer::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::location::{ApplyError, Binding, BindingChange, FlowId, Location};
+use crate::message::{Aor, Contact, ContactAddress, MessageError, Request};
+use crate::response::{response, ResponseBuilder};
+
+/// Methods this registrar accepts (`Allow`).
+pub const ALLOW: &str = "REGISTER, OPTIONS";
+/// Option tags we support: `Require` may name only these.
+pub const SUPPORTED: &[&str] = &["path"];
+/// `Warning` text of the Unified CM port-mismatch 403 (spec §2.3).
+pub const PORT_MISMATCH: &str = "SIP OAuth Registration port Mismatch";
+/// `Retry-After` of the port-mismatch 403, as Unified CM sends it (spec §2.3).
+pub const PORT_MISMATCH_RETRY_AFTER: u32 = 35;
+
+/// Registrar settings; [`Default`] gives working values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    /// Realm of RFC 8898 challenges.
+    pub realm: String,
+    /// Authorization server URL (`authz_server`, an https URI).
+    pub authz_server: String,
+    /// Minimum scope clients need (`scope` of the challenge); enforcing it is the validator's job.
+    pub scope: String,
+    /// Host name in `Warning: 399 <host> "..."`.
+    pub host: String,
+    /// Expiry granted when the client asks for none (seconds).
+    pub default_expires: u32,
+    /// Shortest non-zero expiry accepted; shorter gets `423` (seconds).
+    pub min_expires: u32,
+    /// Longest expiry granted; longer is cut down (seconds).
+    pub max_expires: u32,
+    /// Most bindings one AOR may hold.
+    pub max_bindings_per_aor: usize,
+    /// Largest SIP message accepted on a connection (bytes).
+    pub max_message_size: usize,
+    /// A connection with no traffic for this long is closed; longer than `max_expires` so a
+    /// client that only refreshes its registration keeps its connection.
+    pub idle_timeout: Duration,
+    /// Time allowed to receive a whole message once its first byte arrived.
+    pub header_timeout: Duration,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Drop a connection's bindings when it closes (RFC 5626 §7; the registrar cannot reach a
+    /// TLS client behind NAT without its connection).
+    pub unbind_on_close: bool,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            realm: "sipreg".into(),
+            authz_server: "https://localhost:8443/oauth".into(),
+            scope: "UnifiedCommunications:readwrite".into(),
+            host: "sipreg".into(),
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 3600,
+            max_bindings_per_aor: 10,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            idle_timeout: Duration::from_secs(3600 + 300),
+            header_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            unbind_on_close: true,
+        }
+    }
+}
+
+/// What the transport knows about the connection a request came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionFacts {
+    /// Peer address.
+    pub remote: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// Connection id, stored with bindings (RFC 5626 flow).
+    pub flow: FlowId,
+}
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Serialised response.
+    pub bytes: Vec<u8>,
+}
+
+fn done(b: ResponseBuilder<'_>) -> Response {
+    let status = b.status();
+    Response {
+        status,
+        bytes: b.build(),
+    }
+}
+
+fn bad_request(req: &Request, e: &MessageError) -> Response {
+    done(response(req, 400, &e.to_string()))
+}
+
+/// Decides the response to one request; `None` when none is sent (ACK).
+pub fn process(
+    req: &Request,
+    conn: &ConnectionFacts,
+    dir: &DirectorySnapshot,
+    validator: &dyn BearerValidator,
+    location: &Location,
+    cfg: &RegistrarConfig,
+    now: i64,
+) -> Option<Response> {
+    // RFC 3261 §17.2.3: ACK is never answered.
+    if req.method == "ACK" {
+        return None;
+    }
+    // §8.1.1: the headers every response copies must be present and well formed.
+    if req.via().is_empty() {
+        return Some(bad_request(req, &MessageError::Missing("Via")));
+    }
+    let checks = [
+        req.from_header().err(),
+        req.to_header().err(),
+        req.call_id().err(),
+        req.cseq().err(),
+    ];
+    if let Some(e) = checks.into_iter().flatten().next() {
+        return Some(bad_request(req, &e));
+    }
+    // §8.2.2.1: an unknown Request-URI scheme gets 416.
+    let scheme = req.request_uri_scheme();
+    if scheme != "sip" && scheme != "sips" {
+        return Some(done(response(req, 416, "Unsupported URI Scheme")));
+    }
+    if let Err(e) = req.check_request_uri() {
+        return Some(bad_request(req, &e));
+    }
+    // §8.2.1 / §10.3: a registrar accepts only REGISTER (and answers OPTIONS).
+    Some(match req.method.as_str() {
+        "REGISTER" => register(req, conn, dir, validator, location, cfg, now),
+        "OPTIONS" => done(
+            response(req, 200, "OK")
+                .header("Allow", ALLOW)
+                .header("Supported", SUPPORTED.join(", ")),
+        ),
+        _ => done(response(req, 405, "Method Not Allowed").header("Allow", ALLOW)),
+    })
+}
+
+/// RFC 3261 §10.3 steps 1-8 for one REGISTER.
+fn register(
+    req: &Request,
+    conn: &ConnectionFacts,
+    dir: &DirectorySnapshot,
+    validator: &dyn BearerValidator,
+    location: &Location,
+    cfg: &RegistrarConfig,
+    now: i64,
+) -> Response {
+    // §10.3 step 1: every domain is ours (one cluster, one tenant), so nothing is forwarded.
+
+    // §10.3 step 2 / §8.2.2.3: unknown option tags in Require → 420 listing them.
+    let unsupported: Vec<&str> = req
+        .require()
+        .into_iter()
+        .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect();
+    if !unsupported.is_empty() {
+        return done(
+            response(req, 420, "Bad Extension").header("Unsupported", unsupported.join(", ")),
+        );
+    }
+
+    // §10.3 step 3 / §22, RFC 8898 §2.2: authenticate with a Bearer token.
+    let dialect = AuthDialect::of(req);
+    let token = match bearer_token(req) {
+        Ok(Some(t)) => t,
+        Ok(None) => return challenge(req, dialect, cfg, None),
+        Err(e) => return done(response(req, 400, &capitalise(&e.to_string()))),
+    };
+    let identity = match validator.validate(&token, now) {
+        Ok(id) => id,
+        Err(e) => return challenge(req, dialect, cfg, Some(&e.description)),
+    };
+
+    // Spec §2.3: cluster OAuth mode may have been switched off while this connection was open.
+    if !dir.oauth_mode() {
+        return port_mismatch(req, cfg);
+    }
+
+    // §10.3 step 5 (needed by step 4): the AOR is the To URI without parameters.
+    let aor = match req.aor() {
+        Ok(a) => a,
+        Err(e) => return bad_request(req, &e),
+    };
+    let contacts = match req.contacts() {
+        Ok(c) => c,
+        Err(e) => return bad_request(req, &e),
+    };
+    let header_expires = match req.expires() {
+        Ok(e) => e,
+        Err(e) => return bad_request(req, &e),
+    };
+
+    // §10.3 step 4: the token's user must be allowed to register this AOR from this device.
+    let device = match authorize(&identity, &aor, &contacts, dir) {
+        Ok(d) => d,
+        Err(Denial::PortMismatch) => return port_mismatch(req, cfg),
+        Err(Denial::Forbidden(why)) => return forbidden(req, cfg, "Forbidden", &why),
+    };
+
+    // §10.3 step 6: `Contact: *` only alone and with `Expires: 0`.
+    let call_id = req.call_id().unwrap_or_default().to_owned();
+    let cseq = req.cseq().map(|c| c.seq).unwrap_or_default();
+    let addresses: Vec<&ContactAddress> = contacts
+        .iter()
+        .filter_map(|c| match c {
+            Contact::Address(a) => Some(a),
+            Contact::Wildcard => None,
+        })
+        .collect();
+    let mut changes = Vec::new();
+    let mut granted: Option<u32> = None;
+    if contacts.contains(&Contact::Wildcard) {
+        if contacts.len() != 1 {
+            return done(response(req, 400, "Wildcard Contact Not Alone"));
+        }
+        if header_expires != Some(0) {
+            return done(response(req, 400, "Wildcard Contact Requires Expires 0"));
+        }
+        changes.push(BindingChange::UnbindAll {
+            call_id: call_id.clone(),
+            cseq,
+        });
+        granted = Some(0);
+    }
+
+    // RFC 5626 §6: several non-zero contacts where one has reg-id → 400; reg-id without an
+    // instance is ignored.
+    let requested =
+        |c: &ContactAddress| c.expires.or(header_expires).unwrap_or(cfg.default_expires);
+    let live = addresses.iter().filter(|c| requested(c) > 0).count();
+    if live > 1
+        && addresses
+            .iter()
+            .any(|c| c.reg_id.is_some() && c.instance.is_some())
+    {
+        return done(response(req, 400, "Multiple Contacts With reg-id"));
+    }
+
+    // §10.3 step 7: expiry per contact; 423 below the minimum; build the change set.
+    let path: Vec<String> = req.path().into_iter().map(str::to_owned).collect();
+    for c in &addresses {
+        let asked = requested(c);
+        let reg_id = c.reg_id.filter(|_| c.instance.is_some());
+        if asked == 0 {
+            changes.push(BindingChange::Unbind {
+                contact_key: c.uri_key.clone(),
+                instance: c.instance.clone(),
+                reg_id,
+                call_id: call_id.clone(),
+                cseq,
+            });
+            granted.get_or_insert(0);
+            continue;
+        }
+        if asked < cfg.min_expires && asked < 3600 {
+            return done(
+                response(req, 423, "Interval Too Brief")
+                    .header("Min-Expires", cfg.min_expires.to_string()),
+            );
+        }
+        let grant = asked.min(cfg.max_expires);
+        if granted.is_none_or(|g| g == 0) {
+            granted = Some(grant);
+        }
+        changes.push(BindingChange::Bind(Binding {
+            contact_uri: c.uri.clone(),
+            contact_key: c.uri_key.clone(),
+            contact_raw: c.raw.clone(),
+            expires_at: now + i64::from(grant),
+            call_id: call_id.clone(),
+            cseq,
+            q: c.q.clone(),
+            instance: c.instance.clone(),
+            reg_id,
+            path: path.clone(),
+            device: Some(device.name.clone()),
+            user: identity.user.clone(),
+            flow: conn.flow,
+        }));
+    }
+    // §10.3 step 6: no Contact → a query; nothing changes.
+    let aor_key = aor.to_string();
+    let current = if changes.is_empty() {
+        location.bindings(&aor_key, now)
+    } else {
+        match location.apply(&aor_key, &changes, cfg.max_bindings_per_aor, now) {
+            Ok(b) => b,
+            // §10.3 step 7: "the update MUST be aborted and the request fails"; §12.2.2 uses 500.
+            Err(ApplyError::OutOfOrder { .. }) => {
+                return done(response(req, 500, "CSeq Out Of Order"))
+            }
+            Err(ApplyError::TooManyBindings { max }) => {
+                return forbidden(
+                    req,
+                    cfg,
+                    "Too Many Bindings",
+                    &format!("AOR {aor_key} may hold at most {max} bindings"),
+                )
+            }
+        }
+    };
+
+    // §10.3 step 8: 200 listing every current binding with its remaining expiry.
+    let mut ok = response(req, 200, "OK");
+    for b in &current {
+        ok = ok.header("Contact", contact_value(b, now));
+    }
+    if let Some(g) = granted {
+        // Jabber reads the granted interval from the Expires header (spec §2.2).
+        ok = ok.header("Expires", g.to_string());
+    }
+    ok = ok.header("Date", http_date(now));
+    if !path.is_empty() && !changes.is_empty() {
+        // RFC 3327 §5.3: echo the Path vector.
+        ok = ok.header("Path", path.join(", "));
+    }
+    done(ok)
+}
+
+/// Why step 4 refused.
+enum Denial {
+    /// The device (or cluster) has OAuth off: Unified CM's port-mismatch 403.
+    PortMismatch,
+    /// Not allowed; the text goes into the Warning.
+    Forbidden(String),
+}
+
+/// The token's user must own the device named in the Contact (else any of their devices
+/// carrying the AOR's line), the AOR's user part must be a line of it, and its security profile
+/// must enable OAuth.
+fn authorize(
+    id: &TokenIdentity,
+    aor: &Aor,
+    contacts: &[Contact],
+    dir: &DirectorySnapshot,
+) -> Result<std::sync::Arc<Device>, Denial> {
+    let dn = aor
+        .user
+        .as_deref()
+        .ok_or_else(|| Denial::Forbidden(format!("AOR {aor} has no line number")))?;
+    let mut named: Vec<&str> = contacts
+        .iter()
+        .filter_map(|c| match c {
+            Contact::Address(a) => a.device_name.as_deref(),
+            Contact::Wildcard => None,
+        })
+        .collect();
+    named.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+    named.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    match named.as_slice() {
+        [] => {
+            let mut candidates = dir
+                .devices_of(&id.user)
+                .iter()
+                .filter(|d| d.has_line(dn))
+                .peekable();
+            if candidates.peek().is_none() {
+                return Err(Denial::Forbidden(format!(
+                    "User {} has no device with line {dn}",
+                    id.user
+                )));
+            }
+            candidates
+                .find(|d| d.oauth)
+                .cloned()
+                .ok_or(Denial::PortMismatch)
+        }
+        [name] => {
+            let device = dir
+                .device(name)
+                .ok_or_else(|| Denial::Forbidden(format!("Unknown device {name}")))?;
+            if device.owner != id.user {
+                return Err(Denial::Forbidden(format!(
+                    "Device {} is not owned by {}",
+                    device.name, id.user
+                )));
+            }
+            if !device.has_line(dn) {
+                return Err(Denial::Forbidden(format!(
+                    "Line {dn} is not on device {}",
+                    device.name
+                )));
+            }
+            if !device.oauth {
+                return Err(Denial::PortMismatch);
+            }
+            Ok(device.clone())
+        }
+        _ => Err(Denial::Forbidden(
+            "Contacts name more than one device".into(),
+        )),
+    }
+}
+
+/// 401/407 challenge; with `error` set, the token was rejected (RFC 6750 §3.1, RFC 8898 §2.2).
+fn challenge(
+    req: &Request,
+    dialect: AuthDialect,
+    cfg: &RegistrarConfig,
+    error: Option<&str>,
+) -> Response {
+    let error = error
+        .map(|d| {
+            format!(
+                ", error=\"invalid_token\", error_description=\"{}\"",
+                quoted_param(d)
+            )
+        })
+        .unwrap_or_default();
+    match dialect {
+        AuthDialect::Rfc8898 => done(response(req, 401, "Unauthorized").header(
+            "WWW-Authenticate",
+            format!(
+                "Bearer realm=\"{}\", scope=\"{}\", authz_server=\"{}\"{error}",
+                quoted_param(&cfg.realm),
+                quoted_param(&cfg.scope),
+                quoted_param(&cfg.authz_server)
+            ),
+        )),
+        AuthDialect::UnifiedCm => done(response(req, 407, "Proxy Authentication Required").header(
+            "Proxy-Authenticate",
+            format!("Bearer realm=\"{UNIFIED_CM_REALM}\"{error}"),
+        )),
+    }
+}
+
+fn port_mismatch(req: &Request, cfg: &RegistrarConfig) -> Response {
+    done(
+        response(req, 403, "Forbidden")
+            .header("Retry-After", PORT_MISMATCH_RETRY_AFTER.to_string())
+            .header("Warning", warning(cfg, PORT_MISMATCH)),
+    )
+}
+
+fn forbidden(req: &Request, cfg: &RegistrarConfig, reason: &str, why: &str) -> Response {
+    done(response(req, 403, reason).header("Warning", warning(cfg, why)))
+}
+
+/// `Warning: 399 <host> "<text>"` (RFC 3261 §20.43; 399 = miscellaneous).
+fn warning(cfg: &RegistrarConfig, text: &str) -> String {
+    format!("399 {} \"{}\"", cfg.host, quoted_param(text))
+}
+
+fn contact_value(b: &Binding, now: i64) -> String {
+    let mut v = format!(
+        "<{}>;expires={}",
+        b.contact_uri,
+        (b.expires_at - now).max(0)
+    );
+    if let Some(q) = &b.q {
+        v.push_str(&format!(";q={q}"));
+    }
+    if let Some(i) = &b.instance {
+        v.push_str(&format!(";+sip.instance=\"{}\"", quoted_param(i)));
+    }
+    if let Some(r) = b.reg_id {
+        v.push_str(&format!(";reg-id={r}"));
+    }
+    v
+}
+
+fn http_date(now: i64) -> String {
+    let secs = u64::try_from(now).unwrap_or(0);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn capitalise(s: &str) -> String {
+    s.split(' ')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_uppercase().chain(c).collect())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<String>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::BearerError;
+    use sipreg_store::{Device, Directory, Line, SqliteStore, Store, User};
+    use std::sync::Arc;
+
+    const NOW: i64 = 1_700_000_000;
+
+    struct FakeValidator;
+    impl BearerValidator for FakeValidator {
+        fn validate(&self, token: &str, now: i64) -> Result<TokenIdentity, BearerError> {
+            assert_eq!(now, NOW, "the registrar passes its clock through");
+            match token.strip_prefix("good-") {
+                Some(user) => Ok(TokenIdentity {
+                    user: user.into(),
+                    scope: "UnifiedCommunications:readwrite".into(),
+                }),
+                None => Err(BearerError {
+                    description: "token expired".into(),
+                }),
+            }
+        }
+    }
+
+    fn snapshot(oauth_mode: bool) -> Arc<DirectorySnapshot> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+            store.set_oauth_mode(oauth_mode).await.unwrap();
+            for id in ["alice", "bob"] {
+                store
+                    .create_user(&User {
+                        id: id.into(),
+                        password_hash: String::new(),
+                        created_at: 0,
+                    })
+                    .await
+                    .unwrap();
+            }
+            let dev = |name: &str, owner: &str, dns: &[&str], oauth: bool| Device {
+                name: name.into(),
+                owner: owner.into(),
+                lines: dns
+                    .iter()
+                    .map(|d| Line {
+                        dn: (*d).into(),
+                        display_name: None,
+                    })
+                    .collect(),
+                oauth,
+                updated_at: 0,
+            };
+            store
+                .create_device(&dev("CSFalice", "alice", &["1010"], true))
+                .await
+                .unwrap();
+            store
+                .create_device(&dev("CSFalice2", "alice", &["1011"], false))
+                .await
+                .unwrap();
+            store
+                .create_device(&dev("CSFbob", "bob", &["2020"], true))
+                .await
+                .unwrap();
+            Directory::load(&store).await.unwrap().snapshot()
+        })
+    }
+
+    struct Harness {
+        dir: Arc<DirectorySnapshot>,
+        loc: Location,
+        cfg: RegistrarConfig,
+    }
+
+    struct Resp {
+        status: u16,
+        reason: String,
+        text: String,
+    }
+
+    impl Resp {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers(name).into_iter().next()
+        }
+        fn headers(&self, name: &str) -> Vec<&str> {
+            let prefix = format!("{name}: ");
+            self.text
+                .split("\r\n")
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .collect()
+        }
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Harness {
+                dir: snapshot(true),
+                loc: Location::new(),
+                cfg: RegistrarConfig::default(),
+            }
+        }
+        fn send_raw(&self, msg: &str) -> Option<Resp> {
+            let req = Request::parse(msg.as_bytes()).unwrap();
+            let conn = ConnectionFacts {
+                remote: "10.0.0.1:5000".parse().unwrap(),
+                local: "10.0.0.2:5090".parse().unwrap(),
+                flow: 7,
+            };
+            let r = process(
+                &req,
+                &conn,
+                &self.dir,
+                &FakeValidator,
+                &self.loc,
+                &self.cfg,
+                NOW,
+            )?;
+            let text = String::from_utf8(r.bytes).unwrap();
+            let first = text.split("\r\n").next().unwrap().to_owned();
+            let mut parts = first.splitn(3, ' ');
+            parts.next();
+            let status: u16 = parts.next().unwrap().parse().unwrap();
+            assert_eq!(status, r.status);
+            Some(Resp {
+                status,
+                reason: parts.next().unwrap().to_owned(),
+                text,
+            })
+        }
+        /// A REGISTER for 1010@example.com with `extra` headers.
+        fn register(&self, cseq: u32, extra: &str) -> Resp {
+            self.send_raw(&format!(
+                "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5000;branch=z9hG4bK{cseq}\r\n\
+From: <sip:1010@example.com>;tag=f\r\nTo: <sip:1010@example.com>\r\nCall-ID: call-1\r\n\
+CSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
+            ))
+            .unwrap()
+        }
+    }
+
+    const AUTH: &str = "Authorization: Bearer good-alice\r\n";
+    const CONTACT: &str = "Contact: <sip:alice@10.0.0.1:5000;transport=tls>\r\n";
+
+    #[test]
+    fn no_credentials_rfc8898_challenge() {
+        let h = Harness::new();
+        let r = h.register(1, CONTACT);
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("WWW-Authenticate"),
+            Some("Bearer realm=\"sipreg\", scope=\"UnifiedCommunications:readwrite\", authz_server=\"https://localhost:8443/oauth\"")
+        );
+        assert!(
+            !r.text.contains("error="),
+            "no error code without credentials (RFC 6750 §3)"
+        );
+        assert!(r.header("To").unwrap().contains(";tag="));
+        assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn no_credentials_unified_cm_challenge() {
+        let h = Harness::new();
+        let r = h.register(1, &format!("User-Agent: Cisco-CSF\r\n{CONTACT}"));
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (407, "Proxy Authentication Required")
+        );
+        assert_eq!(
+            r.header("Proxy-Authenticate"),
+            Some("Bearer realm=\"ccmsipline\"")
+        );
+        assert_eq!(r.header("WWW-Authenticate"), None);
+        let r = h.register(
+            1,
+            "Contact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"CSFalice\"\r\n",
+        );
+        assert_eq!(
+            r.status, 407,
+            "a Cisco device contact also selects the Unified CM dialect"
+        );
+    }
+
+    #[test]
+    fn invalid_token_in_both_dialects() {
+        let h = Harness::new();
+        let r = h.register(1, &format!("Authorization: Bearer expired\r\n{CONTACT}"));
+        assert_eq!(r.status, 401);
+        let www = r.header("WWW-Authenticate").unwrap();
+        assert!(www.starts_with("Bearer realm=\"sipreg\""), "{www}");
+        assert!(
+            www.ends_with(", error=\"invalid_token\", error_description=\"token expired\""),
+            "{www}"
+        );
+        let r = h.register(1, &format!("User-Agent: Cisco-CSF\r\nProxy-Authorization: Bearer token=\"expired\"\r\n{CONTACT}"));
+        assert_eq!(r.status, 407);
+        assert_eq!(
+            r.header("Proxy-Authenticate"),
+            Some("Bearer realm=\"ccmsipline\", error=\"invalid_token\", error_description=\"token expired\"")
+        );
+        assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn malformed_bearer_is_400() {
+        let h = Harness::new();
+        let r = h.register(1, &format!("Authorization: Bearer a b\r\n{CONTACT}"));
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (400, "Malformed Bearer Credentials")
+        );
+    }
+
+    #[test]
+    fn both_credential_forms_register() {
+        let h = Harness::new();
+        let r = h.register(1, &format!("{AUTH}{CONTACT}"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = h.register(
+            2,
+            "User-Agent: Cisco-CSF\r\nProxy-Authorization: Bearer token=\"good-alice\"\r\n\
+Contact: <sip:alice@10.0.0.1:5000;transport=tls>;+u.sip!devicename.ccm.cisco.com=\"CSFalice\"\r\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            h.loc.bindings("1010@example.com", NOW).len(),
+            1,
+            "same contact refreshed"
+        );
+        assert_eq!(
+            h.loc.bindings("1010@example.com", NOW)[0].device.as_deref(),
+            Some("CSFalice")
+        );
+    }
+
+    #[test]
+    fn unknown_require_is_420_but_path_is_fine() {
+        let h = Harness::new();
+        let r = h.register(1, &format!("Require: path, foo,bar\r\n{AUTH}{CONTACT}"));
+        assert_eq!((r.status, r.reason.as_str()), (420, "Bad Extension"));
+        assert_eq!(r.header("Unsupported"), Some("foo, bar"));
+        let r = h.register(2, &format!("Require: path\r\n{AUTH}{CONTACT}"));
+        assert_eq!(r.status, 200);
+    }
+
+    #[test]
+    fn cluster_oauth_off_is_port_mismatch() {
+        let mut h = Harness::new();
+        h.dir = snapshot(false);
+        let r = h.register(1, &format!("{AUTH}{CONTACT}"));
+        assert_eq!((r.status, r.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(r.header("Retry-After"), Some("35"));
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"SIP OAuth Registration port Mismatch\"")
+        );
+        assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn device_profile_without_oauth_is_port_mismatch() {
+        let h = Harness::new();
+        let r = h.send_raw(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1011@example.com>;tag=f\r\n\
+To: <sip:1011@example.com>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-alice\r\n\
+Contact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"CSFalice2\"\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"SIP OAuth Registration port Mismatch\"")
+        );
+        // Same without the device parameter: the only device with that line has OAuth off.
+        let r = h.send_raw(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1011@example.com>;tag=f\r\n\
+To: <sip:1011@example.com>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-alice\r\n\
+Contact: <sip:a@h>\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.header("Retry-After"), Some("35"));
+    }
+
+    #[test]
+    fn authorization_failures_say_why() {
+        let h = Harness::new();
+        let cases = [
+            ("Authorization: Bearer good-bob\r\nContact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"CSFalice\"\r\n", "Device CSFalice is not owned by bob"),
+            ("Authorization: Bearer good-alice\r\nContact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"CSFbob\"\r\n", "Device CSFbob is not owned by alice"),
+            ("Authorization: Bearer good-alice\r\nContact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"CSFnone\"\r\n", "Unknown device CSFnone"),
+            ("Authorization: Bearer good-bob\r\nContact: <sip:a@h>\r\n", "User bob has no device with line 1010"),
+            ("Authorization: Bearer good-carol\r\nContact: <sip:a@h>\r\n", "User carol has no device with line 1010"),
+            (
+                "Authorization: Bearer good-alice\r\nContact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"CSFalice\", <sip:b@h>;+u.sip!devicename.ccm.cisco.com=\"CSFalice2\"\r\n",
+                "Contacts name more than one device",
+            ),
+        ];
+        for (extra, why) in cases {
+            let r = h.register(1, extra);
+            assert_eq!((r.status, r.reason.as_str()), (403, "Forbidden"), "{extra}");
+            assert_eq!(
+                r.header("Warning"),
+                Some(format!("399 sipreg \"{why}\"").as_str())
+            );
+            assert_eq!(r.header("Retry-After"), None);
+        }
+        // Line not on the named device.
+        let r = h.send_raw(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1011@example.com>;tag=f\r\n\
+To: <sip:1011@example.com>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-alice\r\n\
+Contact: <sip:a@h>;+u.sip!devicename.ccm.cisco.com=\"csfALICE\"\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"Line 1011 is not on device CSFalice\"")
+        );
+        assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn bad_to_uri_is_400() {
+        let h = Harness::new();
+        let r = h.send_raw(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1010@example.com>;tag=f\r\n\
+To: <tel:+1010>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-alice\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (400, "Bad To URI"));
+    }
+
+    #[test]
+    fn wildcard_rules() {
+        let h = Harness::new();
+        assert_eq!(
+            h.register(
+                1,
+                &format!("{AUTH}{CONTACT}Contact: <sip:other@10.0.0.1>\r\n")
+            )
+            .status,
+            200
+        );
+        assert_eq!(h.loc.len(), 2);
+        let r = h.register(2, &format!("{AUTH}Contact: *\r\n"));
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (400, "Wildcard Contact Requires Expires 0")
+        );
+        let r = h.register(2, &format!("{AUTH}Contact: *, <sip:x@h>\r\nExpires: 0\r\n"));
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (400, "Wildcard Contact Not Alone")
+        );
+        // Same Call-ID, CSeq not higher: fails, nothing removed.
+        let r = h.register(1, &format!("{AUTH}Contact: *\r\nExpires: 0\r\n"));
+        assert_eq!((r.status, r.reason.as_str()), (500, "CSeq Out Of Order"));
+        assert_eq!(h.loc.len(), 2);
+        let r = h.register(3, &format!("{AUTH}Contact: *\r\nExpires: 0\r\n"));
+        assert_eq!(r.status, 200);
+        assert!(r.headers("Contact").is_empty());
+        assert_eq!(r.header("Expires"), Some("0"));
+        assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn expiry_sources_cap_and_minimum() {
+        let mut h = Harness::new();
+        h.cfg.max_expires = 1800;
+        // Contact param beats header.
+        let r = h.register(
+            1,
+            &format!("{AUTH}Contact: <sip:a@h>;expires=120\r\nExpires: 600\r\n"),
+        );
+        assert_eq!(r.header("Expires"), Some("120"));
+        assert_eq!(r.header("Contact"), Some("<sip:a@h>;expires=120"));
+        // Header beats default.
+        let r = h.register(2, &format!("{AUTH}Contact: <sip:a@h>\r\nExpires: 600\r\n"));
+        assert_eq!(r.header("Contact"), Some("<sip:a@h>;expires=600"));
+        // Default (3600) is capped at max_expires.
+        let r = h.register(3, &format!("{AUTH}Contact: <sip:a@h>\r\n"));
+        assert_eq!(r.header("Expires"), Some("1800"));
+        assert_eq!(
+            h.loc.bindings("1010@example.com", NOW)[0].expires_at,
+            NOW + 1800
+        );
+        // Below the minimum: 423 + Min-Expires, nothing changes (all-or-nothing across contacts).
+        let r = h.register(
+            4,
+            &format!("{AUTH}Contact: <sip:b@h>;expires=300, <sip:c@h>;expires=30\r\n"),
+        );
+        assert_eq!((r.status, r.reason.as_str()), (423, "Interval Too Brief"));
+        assert_eq!(r.header("Min-Expires"), Some("60"));
+        assert_eq!(h.loc.len(), 1);
+        // Expires 0 removes.
+        let r = h.register(5, &format!("{AUTH}Contact: <sip:a@h>;expires=0\r\n"));
+        assert_eq!(r.status, 200);
+        assert!(r.headers("Contact").is_empty());
+        assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn refresh_and_cseq_ordering() {
+        let h = Harness::new();
+        assert_eq!(
+            h.register(10, &format!("{AUTH}Contact: <sip:a@h>;expires=100\r\n"))
+                .status,
+            200
+        );
+        let r = h.register(11, &format!("{AUTH}Contact: <sip:a@h>;expires=200\r\n"));
+        assert_eq!(r.header("Contact"), Some("<sip:a@h>;expires=200"));
+        for stale in [11, 5] {
+            let r = h.register(stale, &format!("{AUTH}Contact: <sip:a@h>;expires=300\r\n"));
+            assert_eq!((r.status, r.reason.as_str()), (500, "CSeq Out Of Order"));
+        }
+        let b = h.loc.bindings("1010@example.com", NOW);
+        assert_eq!((b[0].cseq, b[0].expires_at), (11, NOW + 200));
+        // Another Call-ID (a new client instance) may refresh with any CSeq.
+        let r = h.send_raw(&format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1010@example.com>;tag=f\r\n\
+To: <sip:1010@example.com>\r\nCall-ID: call-2\r\nCSeq: 1 REGISTER\r\n{AUTH}Contact: <SIP:a@H>;expires=400\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(h.loc.len(), 1, "<SIP:a@H> is the same contact as <sip:a@h>");
+    }
+
+    #[test]
+    fn query_and_ok_contents() {
+        let h = Harness::new();
+        let r = h.register(
+            1,
+            &format!(
+                "{AUTH}Supported: path\r\nPath: <sip:edge1;lr>, <sip:edge2;lr>\r\n\
+Contact: \"A\" <sip:a@h;transport=tls>;q=0.7;+sip.instance=\"<urn:uuid:1>\";reg-id=1;expires=300\r\n"
+            ),
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("Contact"),
+            Some(
+                "<sip:a@h;transport=tls>;expires=300;q=0.7;+sip.instance=\"<urn:uuid:1>\";reg-id=1"
+            )
+        );
+        assert_eq!(r.header("Path"), Some("<sip:edge1;lr>, <sip:edge2;lr>"));
+        assert_eq!(r.header("Date"), Some("Tue, 14 Nov 2023 22:13:20 GMT"));
+        assert_eq!(
+            h.loc.bindings("1010@example.com", NOW)[0].path,
+            vec!["<sip:edge1;lr>", "<sip:edge2;lr>"]
+        );
+        assert_eq!(h.loc.bindings("1010@example.com", NOW)[0].flow, 7);
+        // Query: no Contact → current bindings, nothing changes.
+        let r = h.register(2, AUTH);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers("Contact").len(), 1);
+        assert_eq!(r.header("Expires"), None);
+        assert_eq!(r.header("Path"), None);
+    }
+
+    #[test]
+    fn too_many_bindings_is_403() {
+        let mut h = Harness::new();
+        h.cfg.max_bindings_per_aor = 2;
+        assert_eq!(
+            h.register(1, &format!("{AUTH}Contact: <sip:a@h>, <sip:b@h>\r\n"))
+                .status,
+            200
+        );
+        let r = h.register(2, &format!("{AUTH}Contact: <sip:c@h>\r\n"));
+        assert_eq!((r.status, r.reason.as_str()), (403, "Too Many Bindings"));
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"AOR 1010@example.com may hold at most 2 bindings\"")
+        );
+        assert_eq!(h.loc.len(), 2);
+    }
+
+    #[test]
+    fn reg_id_with_several_contacts_is_400() {
+        let h = Harness::new();
+        let r = h.register(
+            1,
+            &format!(
+                "{AUTH}Contact: <sip:a@h>;+sip.instance=\"<urn:uuid:1>\";reg-id=1, <sip:b@h>\r\n"
+            ),
+        );
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (400, "Multiple Contacts With reg-id")
+        );
+    }
+
+    #[test]
+    fn other_methods_and_malformed_requests() {
+        let h = Harness::new();
+        let msg = |method: &str, uri: &str, extra: &str| {
+            format!(
+                "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1@h>;tag=f\r\nTo: <sip:1@h>\r\n\
+Call-ID: c\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+            )
+        };
+        let r = h.send_raw(&msg("OPTIONS", "sip:h", "")).unwrap();
+        assert_eq!(
+            (r.status, r.header("Allow")),
+            (200, Some("REGISTER, OPTIONS"))
+        );
+        let r = h.send_raw(&msg("INVITE", "sip:1@h", "")).unwrap();
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.header("Allow")),
+            (405, "Method Not Allowed", Some("REGISTER, OPTIONS"))
+        );
+        let r = h.send_raw(&msg("FOOBAR", "sip:1@h", "")).unwrap();
+        assert_eq!(r.status, 405);
+        assert!(
+            h.send_raw(&msg("ACK", "sip:1@h", "")).is_none(),
+            "ACK is never answered"
+        );
+        let r = h.send_raw(&msg("REGISTER", "tel:+123", "")).unwrap();
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (416, "Unsupported URI Scheme")
+        );
+        let r = h.send_raw("REGISTER sip:h SIP/2.0\r\nVia: SIP/2.0/TLS x\r\nFrom: <sip:1@h>;tag=f\r\nTo: <sip:1@h>\r\nCSeq: 1 REGISTER\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (400, "Missing Call-ID"));
+        let r = h.send_raw("REGISTER sip:h SIP/2.0\r\nVia: SIP/2.0/TLS x\r\nFrom: <sip:1@h>;tag=f\r\nTo: <sip:1@h>\r\ni: c\r\nCSeq: one REGISTER\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (400, "Bad CSeq"));
+        let r = h
+            .send_raw("REGISTER sip:h SIP/2.0\r\nFrom: <sip:1@h>;tag=f\r\n\r\n")
+            .unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (400, "Missing Via"));
+        let r = h
+            .send_raw(&msg(
+                "REGISTER",
+                "sip:h",
+                "Expires: soon\r\nAuthorization: Bearer good-alice\r\n",
+            ))
+            .unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (400, "Bad Expires"));
+    }
+}

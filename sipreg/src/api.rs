@@ -1,0 +1,312 @@
+//! The admin REST API under `/api/v1`: OAuth mode, users and devices, applied live.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sipreg_store::{Device, Line, Store, User};
+use subtle::ConstantTimeEq;
+
+use crate::live::Live;
+use crate::problem::Problem;
+
+/// Shared state of the admin API.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store every change goes to.
+    pub store: Arc<dyn Store>,
+    /// Applies changes to running listeners and caches.
+    pub live: Arc<Live>,
+    /// SHA-256 of the admin token; compared in constant time.
+    pub admin_token_sha256: [u8; 32],
+}
+
+/// The `/api/v1` router, every route behind the admin token.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/oauth-mode",
+            get(get_oauth_mode).put(put_oauth_mode),
+        )
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{id}", get(get_user).delete(delete_user))
+        .route("/api/v1/devices", get(list_devices).post(create_device))
+        .route(
+            "/api/v1/devices/{name}",
+            get(get_device).delete(delete_device),
+        )
+        .route(
+            "/api/v1/{*rest}",
+            put(no_such_api)
+                .get(no_such_api)
+                .post(no_such_api)
+                .delete(no_such_api),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .with_state(state)
+}
+
+async fn require_admin(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.trim().as_bytes()));
+    match presented {
+        Some(h) if bool::from(h.as_slice().ct_eq(&state.admin_token_sha256)) => next.run(req).await,
+        _ => Problem::unauthorized().into_response(),
+    }
+}
+
+async fn no_such_api() -> Problem {
+    Problem::not_found("no such API resource; see README.md for the /api/v1 routes")
+}
+
+/// A JSON body whose rejections become problem responses.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(Problem::bad_body(rejection_text(&e))),
+        }
+    }
+}
+
+fn rejection_text(e: &JsonRejection) -> String {
+    match e {
+        JsonRejection::MissingJsonContentType(_) => {
+            "send the body as JSON with `Content-Type: application/json`".into()
+        }
+        other => other.body_text(),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OAuthMode {
+    enabled: bool,
+}
+
+async fn get_oauth_mode(State(s): State<ApiState>) -> Result<Json<OAuthMode>, Problem> {
+    Ok(Json(OAuthMode {
+        enabled: s.store.cluster_settings().await?.oauth_mode,
+    }))
+}
+
+async fn put_oauth_mode(
+    State(s): State<ApiState>,
+    ApiJson(body): ApiJson<OAuthMode>,
+) -> Result<Json<OAuthMode>, Problem> {
+    s.store.set_oauth_mode(body.enabled).await?;
+    // Apply before answering, so the port is open (or closed) when the admin sees 200.
+    s.live.apply().await?;
+    tracing::info!(enabled = body.enabled, "cluster OAuth mode changed");
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    id: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct UserView {
+    id: String,
+    created_at: i64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            id: u.id,
+            created_at: u.created_at,
+        }
+    }
+}
+
+fn valid_id(field: &'static str, v: &str, max: usize, extra: &[char]) -> Result<(), Problem> {
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::invalid(
+            field,
+            format!(
+                "`{field}` must be 1–{max} characters of letters, digits and {}",
+                extra
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        ))
+    }
+}
+
+async fn create_user(
+    State(s): State<ApiState>,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<UserView>), Problem> {
+    valid_id("id", &body.id, 64, &['.', '_', '-', '@'])?;
+    if body.password.is_empty() || body.password.len() > 1024 {
+        return Err(Problem::invalid(
+            "password",
+            "`password` must be 1–1024 bytes",
+        ));
+    }
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || sipreg_tokensvc::hash_password(&password))
+        .await
+        .map_err(|e| Problem::internal(format!("hashing task failed: {e}")))?
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let user = User {
+        id: body.id,
+        password_hash: hash,
+        created_at: crate::now(),
+    };
+    s.store.create_user(&user).await?;
+    s.live.apply().await?;
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+async fn list_users(State(s): State<ApiState>) -> Result<Json<Vec<UserView>>, Problem> {
+    Ok(Json(
+        s.store
+            .users()
+            .await?
+            .into_iter()
+            .map(UserView::from)
+            .collect(),
+    ))
+}
+
+async fn get_user(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, Problem> {
+    s.store
+        .user(&id)
+        .await?
+        .map(|u| Json(u.into()))
+        .ok_or_else(|| Problem::not_found(format!("user {id} not found")))
+}
+
+async fn delete_user(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    s.store.delete_user(&id).await?;
+    s.live.apply().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A line as the API accepts it: `"1010"` or `{"dn": "1010", "display_name": "Jo"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LineIn {
+    Dn(String),
+    Full {
+        dn: String,
+        display_name: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    name: String,
+    owner: String,
+    lines: Vec<LineIn>,
+    #[serde(default)]
+    oauth: bool,
+}
+
+async fn create_device(
+    State(s): State<ApiState>,
+    ApiJson(body): ApiJson<NewDevice>,
+) -> Result<(StatusCode, Json<Device>), Problem> {
+    valid_id("name", &body.name, 64, &['_', '-', '.'])?;
+    valid_id("owner", &body.owner, 64, &['.', '_', '-', '@'])?;
+    if body.lines.is_empty() || body.lines.len() > 64 {
+        return Err(Problem::invalid("lines", "a device needs 1–64 lines"));
+    }
+    let mut lines: Vec<Line> = Vec::with_capacity(body.lines.len());
+    for l in body.lines {
+        let (dn, display_name) = match l {
+            LineIn::Dn(dn) => (dn, None),
+            LineIn::Full { dn, display_name } => (dn, display_name),
+        };
+        valid_id("lines", &dn, 32, &['+', '*', '#', '.', '-', '_'])?;
+        if display_name
+            .as_ref()
+            .is_some_and(|d| d.len() > 128 || d.chars().any(char::is_control))
+        {
+            return Err(Problem::invalid(
+                "lines",
+                "a display name is at most 128 characters, no control characters",
+            ));
+        }
+        if lines.iter().any(|x| x.dn == dn) {
+            return Err(Problem::invalid(
+                "lines",
+                format!("line {dn} is listed twice"),
+            ));
+        }
+        lines.push(Line { dn, display_name });
+    }
+    let device = Device {
+        name: body.name,
+        owner: body.owner,
+        lines,
+        oauth: body.oauth,
+        updated_at: crate::now(),
+    };
+    s.store.create_device(&device).await?;
+    s.live.apply().await?;
+    Ok((StatusCode::CREATED, Json(device)))
+}
+
+async fn list_devices(State(s): State<ApiState>) -> Result<Json<Vec<Device>>, Problem> {
+    Ok(Json(s.store.devices().await?))
+}
+
+async fn get_device(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Device>, Problem> {
+    s.store
+        .device(&name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("device {name} not found")))
+}
+
+async fn delete_device(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    s.store.delete_device(&name).await?;
+    s.live.apply().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

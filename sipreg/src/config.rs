@@ -1,0 +1,307 @@
+//! The `sipreg serve` configuration: an optional TOML file, then command-line overrides.
+//!
+//! Every section rejects unknown keys, and every value is checked at load time with an error that
+//! names the key and the allowed range.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors loading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config key `{key}` = {value} is out of range: {rule}")]
+    Range {
+        /// Dotted key name.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        rule: &'static str,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, keys and certificates live.
+    pub data_dir: Option<PathBuf>,
+    /// This node's name (`processNodeName`); defaults to the host name.
+    pub node_name: Option<String>,
+    /// The host name clients use to reach this node; defaults to the host name.
+    pub public_host: Option<String>,
+    /// Listener addresses and ports.
+    pub listen: ListenConfig,
+    /// Token lifetimes and audience.
+    pub tokens: TokensConfig,
+    /// Registration expiry and limits.
+    pub registrar: RegistrarSection,
+}
+
+/// `[listen]`: where each listener binds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Address every listener binds to.
+    pub address: IpAddr,
+    /// SIP OAuth port (TLS), 1024–49151 (0 in tests picks a free port).
+    pub sip_oauth_port: u16,
+    /// SIP MRA OAuth port (mutual TLS), advertised in config files.
+    pub sip_mra_oauth_port: u16,
+    /// Legacy SIP port, advertised in config files.
+    pub sip_port: u16,
+    /// Legacy SIP TLS port, advertised in config files.
+    pub secured_sip_port: u16,
+    /// HTTPS port of the token service and admin API.
+    pub https_port: u16,
+    /// HTTP port of the device config service.
+    pub config_http_port: u16,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: IpAddr::from([0, 0, 0, 0]),
+            sip_oauth_port: 5090,
+            sip_mra_oauth_port: 5091,
+            sip_port: 5060,
+            secured_sip_port: 5061,
+            https_port: 8443,
+            config_http_port: 6970,
+        }
+    }
+}
+
+/// `[tokens]`: OAuth token lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Access token lifetime in minutes, 1–1440 (Unified CM's range).
+    pub access_ttl_minutes: i64,
+    /// Refresh token lifetime in days, 1–365.
+    pub refresh_ttl_days: i64,
+    /// The `aud` the registrar accepts and the token service issues.
+    pub audience: String,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            access_ttl_minutes: 60,
+            refresh_ttl_days: 60,
+            audience: "sipreg".into(),
+        }
+    }
+}
+
+/// `[registrar]`: registration expiry and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarSection {
+    /// Expiry granted when the client asks for none, seconds.
+    pub default_expires: u32,
+    /// Shortest expiry accepted (423 below it), seconds.
+    pub min_expires: u32,
+    /// Longest expiry granted, seconds.
+    pub max_expires: u32,
+    /// Bindings one AOR may hold.
+    pub max_bindings_per_aor: usize,
+    /// Largest SIP message accepted, bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        RegistrarSection {
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+            max_bindings_per_aor: 10,
+            max_message_size: 65536,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_owned(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let port = |key: &'static str, v: u16| {
+            // 0 asks the OS for a free port (tests); otherwise Unified CM's configurable range.
+            if v == 0 || (1024..=49151).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::Range {
+                    key,
+                    value: v.to_string(),
+                    rule: "1024–49151 (or 0 for any free port)",
+                })
+            }
+        };
+        port("listen.sip_oauth_port", self.listen.sip_oauth_port)?;
+        port("listen.sip_mra_oauth_port", self.listen.sip_mra_oauth_port)?;
+        let any = |key: &'static str, v: u16| {
+            if v == 0 && key != "listen.https_port" && key != "listen.config_http_port" {
+                return Err(ConfigError::Range {
+                    key,
+                    value: v.to_string(),
+                    rule: "1–65535",
+                });
+            }
+            Ok(())
+        };
+        any("listen.sip_port", self.listen.sip_port)?;
+        any("listen.secured_sip_port", self.listen.secured_sip_port)?;
+        any("listen.https_port", self.listen.https_port)?;
+        any("listen.config_http_port", self.listen.config_http_port)?;
+        let t = &self.tokens;
+        if !(1..=1440).contains(&t.access_ttl_minutes) {
+            return Err(ConfigError::Range {
+                key: "tokens.access_ttl_minutes",
+                value: t.access_ttl_minutes.to_string(),
+                rule: "1–1440",
+            });
+        }
+        if !(1..=365).contains(&t.refresh_ttl_days) {
+            return Err(ConfigError::Range {
+                key: "tokens.refresh_ttl_days",
+                value: t.refresh_ttl_days.to_string(),
+                rule: "1–365",
+            });
+        }
+        if t.audience.is_empty() || t.audience.len() > 256 {
+            return Err(ConfigError::Range {
+                key: "tokens.audience",
+                value: format!("{:?}", t.audience),
+                rule: "1–256 characters",
+            });
+        }
+        let r = &self.registrar;
+        if !(1..=86400).contains(&r.max_expires) {
+            return Err(ConfigError::Range {
+                key: "registrar.max_expires",
+                value: r.max_expires.to_string(),
+                rule: "1–86400",
+            });
+        }
+        if r.min_expires > r.max_expires {
+            return Err(ConfigError::Range {
+                key: "registrar.min_expires",
+                value: r.min_expires.to_string(),
+                rule: "0–registrar.max_expires",
+            });
+        }
+        if !(r.min_expires.max(1)..=r.max_expires).contains(&r.default_expires) {
+            return Err(ConfigError::Range {
+                key: "registrar.default_expires",
+                value: r.default_expires.to_string(),
+                rule: "registrar.min_expires–registrar.max_expires",
+            });
+        }
+        if !(1..=1000).contains(&r.max_bindings_per_aor) {
+            return Err(ConfigError::Range {
+                key: "registrar.max_bindings_per_aor",
+                value: r.max_bindings_per_aor.to_string(),
+                rule: "1–1000",
+            });
+        }
+        if !(1024..=1_048_576).contains(&r.max_message_size) {
+            return Err(ConfigError::Range {
+                key: "registrar.max_message_size",
+                value: r.max_message_size.to_string(),
+                rule: "1024–1048576",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_unified_cm_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.listen.sip_oauth_port, 5090);
+        assert_eq!(c.listen.sip_mra_oauth_port, 5091);
+        assert_eq!(c.listen.https_port, 8443);
+        assert_eq!(c.listen.config_http_port, 6970);
+        assert_eq!(c.tokens.access_ttl_minutes, 60);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("[listen]\nsip_oauth_prot = 5090\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sip_oauth_prot"), "{e}");
+        let e = Config::from_toml("colour = 1\n").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_range() {
+        let e = Config::from_toml("[listen]\nsip_oauth_port = 80\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listen.sip_oauth_port") && e.contains("1024–49151"),
+            "{e}"
+        );
+        let e = Config::from_toml("[tokens]\naccess_ttl_minutes = 2000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokens.access_ttl_minutes") && e.contains("1–1440"),
+            "{e}"
+        );
+        let e = Config::from_toml("[registrar]\nmin_expires = 9000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registrar.min_expires"), "{e}");
+    }
+}

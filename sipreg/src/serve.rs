@@ -1,0 +1,310 @@
+//! `sipreg serve`: wires store, keys, certificates, the registrar, the token service, the admin API
+//! and the config service together, and runs them until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sipreg_registrar::{
+    BearerError, BearerValidator, Registrar, RegistrarConfig, SipOAuthListener, TokenIdentity,
+};
+use sipreg_store::{Directory, Node, SqliteStore, Store};
+use sipreg_tokensvc::{AccessTokenValidator, KeyRing, TokenConfig, TokenService};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::live::Live;
+
+/// Everything `serve` needs from the command line and the config file.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The validated configuration.
+    pub config: Config,
+}
+
+/// The scope a token needs to register.
+const REGISTER_SCOPE: &str = "sip:register";
+
+/// Adapts the token service's validator to the registrar's trait and enforces the register scope.
+struct ScopedValidator(AccessTokenValidator);
+
+impl BearerValidator for ScopedValidator {
+    fn validate(&self, token: &str, now: i64) -> Result<TokenIdentity, BearerError> {
+        let claims = self.0.validate(token, now).map_err(|e| BearerError {
+            description: e.to_string(),
+        })?;
+        if !claims.scope.split(' ').any(|s| s == REGISTER_SCOPE) {
+            return Err(BearerError {
+                description: format!("token lacks scope {REGISTER_SCOPE}"),
+            });
+        }
+        Ok(TokenIdentity {
+            user: claims.sub,
+            scope: claims.scope,
+        })
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Reads the admin token, creating a random one (0600) on first start.
+fn admin_token(path: &Path) -> anyhow_like::Result<String> {
+    if path.exists() {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let t = t.trim().to_owned();
+        if t.len() < 16 {
+            return Err(format!(
+                "{} holds no usable admin token; delete it to have a new one made",
+                path.display()
+            ));
+        }
+        return Ok(t);
+    }
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    sipreg_certs::write_secret_file(path, format!("{token}\n").as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(token)
+}
+
+/// Errors at start-up are plain messages that name the fix.
+mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, String>;
+}
+
+fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A free port on `ip`, for `0` in the config (tests).
+fn resolve_port(ip: std::net::IpAddr, port: u16) -> std::io::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+async fn bind(addr: SocketAddr, what: &str, key: &str) -> anyhow_like::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on {addr} for {what}: {e}; free the port or set `{key}`")
+    })
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
+    let cfg = opts.config;
+    let data_dir = opts.data_dir;
+    create_private_dir(&data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&data_dir.join("sipreg.db"))
+            .map_err(|e| format!("cannot open the database: {e}"))?,
+    );
+    let host = host_name();
+    let public_host = cfg.public_host.clone().unwrap_or_else(|| host.clone());
+    let node_name = cfg.node_name.clone().unwrap_or_else(|| host.clone());
+
+    let mut names = vec![
+        public_host.clone(),
+        host.clone(),
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ];
+    names.dedup();
+    let pki = sipreg_certs::load_or_create(&data_dir.join("tls"), &names)
+        .map_err(|e| format!("certificates: {e}"))?;
+    let chain = std::fs::read(&pki.server_cert)
+        .map_err(|e| format!("{}: {e}", pki.server_cert.display()))?;
+    let key =
+        std::fs::read(&pki.server_key).map_err(|e| format!("{}: {e}", pki.server_key.display()))?;
+    let sip_tls = sipreg_certs::ReloadableServerConfig::new(
+        sipreg_certs::server_config(&chain, &key, &[]).map_err(|e| format!("SIP TLS: {e}"))?,
+    );
+    let https_tls = sipreg_certs::ReloadableServerConfig::new(
+        sipreg_certs::server_config(&chain, &key, &[b"h2", b"http/1.1"])
+            .map_err(|e| format!("HTTPS TLS: {e}"))?,
+    );
+
+    let now = crate::now();
+    let keys = KeyRing::load_or_create(store.as_ref(), now)
+        .await
+        .map_err(|e| format!("signing keys: {e}"))?;
+    let token_path = data_dir.join("admin-token");
+    let admin = admin_token(&token_path)?;
+
+    let ip = cfg.listen.address;
+    let https_port = cfg.listen.https_port;
+    let https_listener = bind(
+        SocketAddr::new(ip, https_port),
+        "HTTPS",
+        "listen.https_port",
+    )
+    .await?;
+    let https_addr = https_listener.local_addr().map_err(|e| e.to_string())?;
+    let config_listener = bind(
+        SocketAddr::new(ip, cfg.listen.config_http_port),
+        "device config HTTP",
+        "listen.config_http_port",
+    )
+    .await?;
+    let config_addr = config_listener.local_addr().map_err(|e| e.to_string())?;
+    let oauth_port = resolve_port(ip, cfg.listen.sip_oauth_port).map_err(|e| e.to_string())?;
+    let oauth_addr = SocketAddr::new(ip, oauth_port);
+
+    store
+        .upsert_node(&Node {
+            name: node_name.clone(),
+            host: public_host.clone(),
+            sip_port: cfg.listen.sip_port,
+            secured_sip_port: cfg.listen.secured_sip_port,
+            sip_oauth_port: oauth_port,
+            sip_mra_oauth_port: cfg.listen.sip_mra_oauth_port,
+        })
+        .await
+        .map_err(|e| format!("registering node: {e}"))?;
+    let directory = Directory::load(store.as_ref())
+        .await
+        .map_err(|e| format!("loading directory: {e}"))?;
+
+    let issuer = format!("https://{public_host}:{}", https_addr.port());
+    let token_cfg = TokenConfig {
+        issuer: issuer.clone(),
+        audience: cfg.tokens.audience.clone(),
+        access_ttl_secs: cfg.tokens.access_ttl_minutes * 60,
+        refresh_ttl_secs: cfg.tokens.refresh_ttl_days * 86400,
+        ..TokenConfig::default()
+    };
+    let validator = ScopedValidator(AccessTokenValidator::new(keys.clone(), &token_cfg));
+    let tokens = Arc::new(TokenService::new(store.clone(), keys.clone(), token_cfg));
+
+    let reg_cfg = RegistrarConfig {
+        realm: public_host.clone(),
+        authz_server: format!("{issuer}/"),
+        scope: REGISTER_SCOPE.into(),
+        host: public_host.clone(),
+        default_expires: cfg.registrar.default_expires,
+        min_expires: cfg.registrar.min_expires,
+        max_expires: cfg.registrar.max_expires,
+        max_bindings_per_aor: cfg.registrar.max_bindings_per_aor,
+        max_message_size: cfg.registrar.max_message_size,
+        ..RegistrarConfig::default()
+    };
+    let registrar = Arc::new(Registrar::new(
+        reg_cfg,
+        directory.clone(),
+        Arc::new(validator),
+    ));
+    let oauth_listener = Arc::new(SipOAuthListener::new(registrar.clone(), sip_tls.shared()));
+    let live = Arc::new(Live::new(
+        store.clone(),
+        directory.clone(),
+        keys.clone(),
+        oauth_listener.clone(),
+        oauth_addr,
+    ));
+    live.apply().await.map_err(|p| p.detail)?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(registrar.clone().spawn_expiry_sweeper(cancel.clone()));
+    tasks.spawn(live.clone().follow(cancel.clone()));
+
+    let api_state = ApiState {
+        store: store.clone(),
+        live: live.clone(),
+        admin_token_sha256: Sha256::digest(admin.as_bytes()).into(),
+    };
+    let app = tokens.router().merge(api::router(api_state));
+    tasks.spawn(crate::https::serve(
+        https_listener,
+        https_tls.shared(),
+        app,
+        cancel.clone(),
+    ));
+    let config_app = sipreg_tftp_config::router(directory.clone());
+    let c2 = cancel.clone();
+    tasks.spawn(async move {
+        let r = axum::serve(config_listener, config_app)
+            .with_graceful_shutdown(c2.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "device config HTTP server failed");
+        }
+    });
+
+    let api_url = format!("https://localhost:{}", https_addr.port());
+    // Not a secret: lets the CLI find this server's API without flags.
+    let _ = std::fs::write(data_dir.join("api-url"), format!("{api_url}\n"));
+    let mode = if directory.snapshot().oauth_mode() {
+        "on"
+    } else {
+        "off (the port opens when it is enabled)"
+    };
+    println!(
+        "sipreg {} node {node_name} serving",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("  data dir:         {}", data_dir.display());
+    println!("  CA certificate:   {}", pki.ca_cert.display());
+    println!("  admin token file: {}", token_path.display());
+    println!("  token service + admin API: https://{https_addr} ({api_url}/api/v1)");
+    println!("  device config:    http://{config_addr}/<device>.cnf.xml");
+    println!("  SIP OAuth (TLS):  {oauth_addr}, cluster OAuth mode {mode}");
+    tracing::info!(%https_addr, %config_addr, %oauth_addr, "listening");
+
+    shutdown_signal().await;
+    println!("sipreg: shutting down");
+    cancel.cancel();
+    let _ = oauth_listener.set(None).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,329 @@
+//! ES256 signing keys: generated once, kept in the store, held in memory as an immutable set that
+//! a reload swaps atomically, so validating a token never takes a lock or parses a key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sipreg_store::{SigningKey, Store};
+
+use crate::{ensure_crypto_provider, TokenError};
+
+/// The only JWS algorithm sipreg signs with and accepts.
+pub(crate) const ALG_ES256: &str = "ES256";
+
+/// The ES256 keys of the token service: the active signing key and every published verifying key.
+pub struct KeyRing {
+    set: ArcSwap<KeySet>,
+}
+
+/// One immutable generation of keys, built from the store once per (re)load.
+pub(crate) struct KeySet {
+    active_kid: String,
+    active: EncodingKey,
+    verifying: HashMap<String, DecodingKey>,
+    jwks: Value,
+}
+
+impl KeyRing {
+    /// Loads the keys from the store, first generating and storing a P-256 key if none is active.
+    pub async fn load_or_create(store: &dyn Store, now: i64) -> Result<Arc<KeyRing>, TokenError> {
+        ensure_crypto_provider();
+        let stored = store.signing_keys().await?;
+        if !stored.iter().any(|k| k.active && k.alg == ALG_ES256) {
+            let key = generate_signing_key(now)?;
+            tracing::info!(kid = %key.kid, "generated a new ES256 token signing key");
+            store.insert_signing_key(&key).await?;
+        }
+        // Read back instead of using the key just made: another node may have stored one at the
+        // same time, and the store alone decides which key is active.
+        let set = KeySet::build(&store.signing_keys().await?)?;
+        Ok(Arc::new(KeyRing {
+            set: ArcSwap::from_pointee(set),
+        }))
+    }
+
+    /// Re-reads the keys from the store (e.g. on `Change::SigningKeys`) and swaps them in.
+    pub async fn reload(&self, store: &dyn Store) -> Result<(), TokenError> {
+        let set = KeySet::build(&store.signing_keys().await?)?;
+        self.set.store(Arc::new(set));
+        Ok(())
+    }
+
+    /// The public keys as an RFC 7517 JWK Set; never contains private parts.
+    pub fn jwks(&self) -> Value {
+        self.set.load().jwks.clone()
+    }
+
+    /// The key id new tokens are signed with.
+    pub fn active_kid(&self) -> String {
+        self.set.load().active_kid.clone()
+    }
+
+    /// The current key generation, lock-free.
+    pub(crate) fn current(&self) -> Guard<Arc<KeySet>> {
+        self.set.load()
+    }
+
+    /// Builds a ring from keys in hand, for tests that need keys the store never saw.
+    #[cfg(test)]
+    pub(crate) fn from_keys(keys: &[SigningKey]) -> Result<Arc<KeyRing>, TokenError> {
+        ensure_crypto_provider();
+        Ok(Arc::new(KeyRing {
+            set: ArcSwap::from_pointee(KeySet::build(keys)?),
+        }))
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    // Only key ids: the private key must never reach a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self.set.load();
+        let mut kids: Vec<&String> = set.verifying.keys().collect();
+        kids.sort();
+        f.debug_struct("KeyRing")
+            .field("active_kid", &set.active_kid)
+            .field("kids", &kids)
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// Builds a generation from the stored keys, newest first as the store lists them.
+    fn build(keys: &[SigningKey]) -> Result<KeySet, TokenError> {
+        let mut verifying = HashMap::new();
+        let mut jwks = Vec::new();
+        for key in keys {
+            if key.alg != ALG_ES256 {
+                tracing::warn!(kid = %key.kid, alg = %key.alg, "ignoring signing key with unsupported algorithm");
+                continue;
+            }
+            match verifying_key(key) {
+                Ok(dk) => {
+                    if verifying.insert(key.kid.clone(), dk).is_none() {
+                        jwks.push(public_jwk(key));
+                    }
+                }
+                // A broken old key must not take the service down; a broken active key does below.
+                Err(e) => {
+                    tracing::warn!(kid = %key.kid, error = %e, "ignoring unusable signing key")
+                }
+            }
+        }
+        let active_key = keys
+            .iter()
+            .find(|k| k.active && k.alg == ALG_ES256)
+            .ok_or(TokenError::NoActiveKey)?;
+        if !verifying.contains_key(&active_key.kid) {
+            return Err(TokenError::Key(format!(
+                "active key {} has an invalid public key",
+                active_key.kid
+            )));
+        }
+        let active = encoding_key(active_key)?;
+        Ok(KeySet {
+            active_kid: active_key.kid.clone(),
+            active,
+            verifying,
+            jwks: json!({ "keys": jwks }),
+        })
+    }
+
+    /// The key id and key new tokens are signed with.
+    pub(crate) fn signing(&self) -> (&str, &EncodingKey) {
+        (&self.active_kid, &self.active)
+    }
+
+    /// The published verifying key with this id.
+    pub(crate) fn verifying(&self, kid: &str) -> Option<&DecodingKey> {
+        self.verifying.get(kid)
+    }
+}
+
+/// Generates a fresh P-256 key, identified by its RFC 7638 thumbprint.
+pub(crate) fn generate_signing_key(now: i64) -> Result<SigningKey, TokenError> {
+    let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| TokenError::Key(e.to_string()))?;
+    let (x, y) = split_point(pair.public_key_raw())?;
+    Ok(SigningKey {
+        kid: thumbprint(&x, &y),
+        alg: ALG_ES256.into(),
+        private_pem: pair.serialize_pem(),
+        public_x: x,
+        public_y: y,
+        created_at: now,
+        active: true,
+    })
+}
+
+/// RFC 7638 JWK thumbprint of a P-256 key: SHA-256 over the required members in lexical order.
+pub(crate) fn thumbprint(x: &str, y: &str) -> String {
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// Splits an uncompressed SEC1 point (`04 || x || y`) into base64url coordinates.
+fn split_point(raw: &[u8]) -> Result<(String, String), TokenError> {
+    match raw {
+        [0x04, rest @ ..] if rest.len() == 64 => Ok((
+            URL_SAFE_NO_PAD.encode(&rest[..32]),
+            URL_SAFE_NO_PAD.encode(&rest[32..]),
+        )),
+        _ => Err(TokenError::Key(
+            "public key is not an uncompressed p-256 point".into(),
+        )),
+    }
+}
+
+fn verifying_key(key: &SigningKey) -> Result<DecodingKey, TokenError> {
+    let coordinate_ok = |c: &str| {
+        URL_SAFE_NO_PAD
+            .decode(c)
+            .map(|b| b.len() == 32)
+            .unwrap_or(false)
+    };
+    if !coordinate_ok(&key.public_x) || !coordinate_ok(&key.public_y) {
+        return Err(TokenError::Key(format!(
+            "key {} has invalid p-256 coordinates",
+            key.kid
+        )));
+    }
+    DecodingKey::from_ec_components(&key.public_x, &key.public_y)
+        .map_err(|e| TokenError::Key(e.to_string()))
+}
+
+/// Parses the active private key and checks it belongs to the public key we publish, so that a
+/// mismatched row cannot make us sign tokens nobody can verify.
+fn encoding_key(key: &SigningKey) -> Result<EncodingKey, TokenError> {
+    let bad = |what: &str| TokenError::Key(format!("active key {}: {what}", key.kid));
+    let pair = KeyPair::from_pkcs8_pem_and_sign_algo(&key.private_pem, &PKCS_ECDSA_P256_SHA256)
+        .map_err(|_| bad("private key is not a p-256 pkcs#8 pem"))?;
+    let (x, y) = split_point(pair.public_key_raw())?;
+    if x != key.public_x || y != key.public_y {
+        return Err(bad("private key does not match the stored public key"));
+    }
+    EncodingKey::from_ec_pem(key.private_pem.as_bytes())
+        .map_err(|_| bad("private key unusable for es256"))
+}
+
+fn public_jwk(key: &SigningKey) -> Value {
+    json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": key.public_x,
+        "y": key.public_y,
+        "kid": key.kid,
+        "alg": ALG_ES256,
+        "use": "sig",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::temp_store;
+
+    #[tokio::test]
+    async fn keys_persist_across_load_or_create_on_the_same_store() {
+        let (_dir, store) = temp_store();
+        let first = KeyRing::load_or_create(store.as_ref(), 100).await.unwrap();
+        let second = KeyRing::load_or_create(store.as_ref(), 200).await.unwrap();
+        assert_eq!(first.active_kid(), second.active_kid());
+        assert_eq!(first.jwks(), second.jwks());
+        assert_eq!(
+            store.signing_keys().await.unwrap().len(),
+            1,
+            "no second key is generated"
+        );
+    }
+
+    #[tokio::test]
+    async fn jwks_publishes_only_public_members_with_a_thumbprint_kid() {
+        let (_dir, store) = temp_store();
+        let ring = KeyRing::load_or_create(store.as_ref(), 1).await.unwrap();
+        let jwks = ring.jwks();
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1);
+        let k = keys[0].as_object().unwrap();
+        let mut members: Vec<&str> = k.keys().map(String::as_str).collect();
+        members.sort();
+        assert_eq!(
+            members,
+            ["alg", "crv", "kid", "kty", "use", "x", "y"],
+            "no `d` or other private part"
+        );
+        assert_eq!(k["kty"], "EC");
+        assert_eq!(k["crv"], "P-256");
+        assert_eq!(k["alg"], "ES256");
+        assert_eq!(k["use"], "sig");
+        let (x, y) = (k["x"].as_str().unwrap(), k["y"].as_str().unwrap());
+        assert_eq!(URL_SAFE_NO_PAD.decode(x).unwrap().len(), 32);
+        assert_eq!(k["kid"], thumbprint(x, y));
+        assert_eq!(ring.active_kid(), thumbprint(x, y));
+    }
+
+    #[test]
+    fn thumbprint_matches_rfc7638_canonical_form() {
+        // Independently computed: SHA-256 of the canonical JSON, base64url without padding.
+        let canonical = r#"{"crv":"P-256","kty":"EC","x":"abc","y":"def"}"#;
+        let expected = URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()));
+        assert_eq!(thumbprint("abc", "def"), expected);
+        assert_eq!(expected.len(), 43);
+    }
+
+    #[tokio::test]
+    async fn reload_picks_up_a_rotated_key_and_keeps_the_old_one_published() {
+        let (_dir, store) = temp_store();
+        let ring = KeyRing::load_or_create(store.as_ref(), 1).await.unwrap();
+        let old = ring.active_kid();
+        let new_key = generate_signing_key(2).unwrap();
+        store.insert_signing_key(&new_key).await.unwrap();
+        assert_eq!(ring.active_kid(), old, "nothing changes before reload");
+        ring.reload(store.as_ref()).await.unwrap();
+        assert_eq!(ring.active_kid(), new_key.kid);
+        assert!(ring.current().verifying(&old).is_some());
+        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_private_key_that_does_not_match_the_public_key_is_refused() {
+        let a = generate_signing_key(1).unwrap();
+        let b = generate_signing_key(1).unwrap();
+        let mixed = SigningKey {
+            private_pem: b.private_pem,
+            ..a
+        };
+        assert!(matches!(
+            KeyRing::from_keys(&[mixed]),
+            Err(TokenError::Key(_))
+        ));
+    }
+
+    #[test]
+    fn no_active_key_is_an_error() {
+        let inactive = SigningKey {
+            active: false,
+            ..generate_signing_key(1).unwrap()
+        };
+        assert!(matches!(
+            KeyRing::from_keys(&[inactive]),
+            Err(TokenError::NoActiveKey)
+        ));
+    }
+
+    #[test]
+    fn debug_output_shows_no_private_key() {
+        let key = generate_signing_key(1).unwrap();
+        let ring = KeyRing::from_keys(std::slice::from_ref(&key)).unwrap();
+        let shown = format!("{ring:?}");
+        assert!(shown.contains(&key.kid));
+        assert!(!shown.contains("PRIVATE"));
+    }
+}
