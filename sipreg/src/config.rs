@@ -75,6 +75,10 @@ pub struct ListenConfig {
     pub https_port: u16,
     /// HTTP port of the device config service.
     pub config_http_port: u16,
+    /// HTTPS port of the token-protected device config service.
+    pub config_https_port: u16,
+    /// UDP port of the TFTP server; 0 turns TFTP off.
+    pub tftp_port: u16,
 }
 
 impl Default for ListenConfig {
@@ -87,6 +91,8 @@ impl Default for ListenConfig {
             secured_sip_port: 5061,
             https_port: 8443,
             config_http_port: 6970,
+            config_https_port: 6971,
+            tftp_port: 69,
         }
     }
 }
@@ -184,7 +190,12 @@ impl Config {
         port("listen.sip_oauth_port", self.listen.sip_oauth_port)?;
         port("listen.sip_mra_oauth_port", self.listen.sip_mra_oauth_port)?;
         let any = |key: &'static str, v: u16| {
-            if v == 0 && key != "listen.https_port" && key != "listen.config_http_port" {
+            if v == 0
+                && !matches!(
+                    key,
+                    "listen.https_port" | "listen.config_http_port" | "listen.config_https_port"
+                )
+            {
                 return Err(ConfigError::Range {
                     key,
                     value: v.to_string(),
@@ -197,6 +208,7 @@ impl Config {
         any("listen.secured_sip_port", self.listen.secured_sip_port)?;
         any("listen.https_port", self.listen.https_port)?;
         any("listen.config_http_port", self.listen.config_http_port)?;
+        any("listen.config_https_port", self.listen.config_https_port)?;
         let t = &self.tokens;
         if !(1..=1440).contains(&t.access_ttl_minutes) {
             return Err(ConfigError::Range {

@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod config;
+mod config_service;
 mod https;
 mod live;
 mod problem;
@@ -87,6 +88,12 @@ struct ServeArgs {
     /// Device config HTTP port (overrides `listen.config_http_port`).
     #[arg(long)]
     config_http_port: Option<u16>,
+    /// Token-protected device config HTTPS port (overrides `listen.config_https_port`).
+    #[arg(long)]
+    config_https_port: Option<u16>,
+    /// TFTP UDP port, 0 for off (overrides `listen.tftp_port`).
+    #[arg(long)]
+    tftp_port: Option<u16>,
     /// Host name clients use for this node (overrides `public_host`).
     #[arg(long)]
     public_host: Option<String>,
@@ -160,6 +167,12 @@ fn serve_options(
     }
     if let Some(v) = a.config_http_port {
         cfg.listen.config_http_port = v;
+    }
+    if let Some(v) = a.config_https_port {
+        cfg.listen.config_https_port = v;
+    }
+    if let Some(v) = a.tftp_port {
+        cfg.listen.tftp_port = v;
     }
     if a.public_host.is_some() {
         cfg.public_host = a.public_host;

@@ -165,13 +165,6 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     )
     .await?;
     let https_addr = https_listener.local_addr().map_err(|e| e.to_string())?;
-    let config_listener = bind(
-        SocketAddr::new(ip, cfg.listen.config_http_port),
-        "device config HTTP",
-        "listen.config_http_port",
-    )
-    .await?;
-    let config_addr = config_listener.local_addr().map_err(|e| e.to_string())?;
     let oauth_port = resolve_port(ip, cfg.listen.sip_oauth_port).map_err(|e| e.to_string())?;
     let oauth_addr = SocketAddr::new(ip, oauth_port);
 
@@ -198,7 +191,8 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         refresh_ttl_secs: cfg.tokens.refresh_ttl_days * 86400,
         ..TokenConfig::default()
     };
-    let validator = ScopedValidator(AccessTokenValidator::new(keys.clone(), &token_cfg));
+    let config_validator = AccessTokenValidator::new(keys.clone(), &token_cfg);
+    let validator = ScopedValidator(config_validator.clone());
     let tokens = Arc::new(TokenService::new(store.clone(), keys.clone(), token_cfg));
 
     let reg_cfg = RegistrarConfig {
@@ -245,16 +239,18 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         app,
         cancel.clone(),
     ));
-    let config_app = sipreg_tftp_config::router(directory.clone());
-    let c2 = cancel.clone();
-    tasks.spawn(async move {
-        let r = axum::serve(config_listener, config_app)
-            .with_graceful_shutdown(c2.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "device config HTTP server failed");
-        }
-    });
+    let config_lines = crate::config_service::start(
+        crate::config_service::Ctx {
+            ip,
+            listen: cfg.listen.clone(),
+            directory: directory.clone(),
+            validator: config_validator,
+            tls: https_tls.shared(),
+            cancel: cancel.clone(),
+        },
+        &mut tasks,
+    )
+    .await?;
 
     let api_url = format!("https://localhost:{}", https_addr.port());
     // Not a secret: lets the CLI find this server's API without flags.
@@ -272,9 +268,11 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     println!("  CA certificate:   {}", pki.ca_cert.display());
     println!("  admin token file: {}", token_path.display());
     println!("  token service + admin API: https://{https_addr} ({api_url}/api/v1)");
-    println!("  device config:    http://{config_addr}/<device>.cnf.xml");
+    for line in &config_lines {
+        println!("  {line}");
+    }
     println!("  SIP OAuth (TLS):  {oauth_addr}, cluster OAuth mode {mode}");
-    tracing::info!(%https_addr, %config_addr, %oauth_addr, "listening");
+    tracing::info!(%https_addr, %oauth_addr, "listening");
 
     shutdown_signal().await;
     println!("sipreg: shutting down");
