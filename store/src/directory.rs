@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::{ClusterSettings, Device, Node, Result, Store};
+use crate::{ClusterSettings, Device, DigestCredential, Edge, Node, Result, Store};
 
 /// A consistent, read-only picture of the directory at one moment.
 #[derive(Debug, Default)]
@@ -18,6 +18,10 @@ pub struct DirectorySnapshot {
     devices: HashMap<String, Arc<Device>>,
     by_owner: HashMap<String, Vec<Arc<Device>>>,
     users: HashMap<String, ()>,
+    not_before: HashMap<String, i64>,
+    digest: HashMap<String, (String, DigestCredential)>,
+    /// Trusted edges, ordered by host.
+    pub edges: Vec<Edge>,
     /// Nodes, ordered by name.
     pub nodes: Vec<Node>,
     /// Increases with every rebuild; used for config `versionStamp`s.
@@ -43,6 +47,17 @@ impl DirectorySnapshot {
     /// Whether the user exists.
     pub fn user_exists(&self, user: &str) -> bool {
         self.users.contains_key(user)
+    }
+
+    /// Access tokens of `user` issued before this time are revoked (0 when never revoked).
+    pub fn tokens_not_before(&self, user: &str) -> i64 {
+        self.not_before.get(user).copied().unwrap_or(0)
+    }
+
+    /// The device and Digest credential for a Digest user name.
+    pub fn digest_credential(&self, username: &str) -> Option<(&Arc<Device>, &DigestCredential)> {
+        let (device, cred) = self.digest.get(username)?;
+        Some((self.device(device)?, cred))
     }
 
     /// Every device, in name order.
@@ -95,12 +110,21 @@ async fn build(store: &dyn Store, generation: u64) -> Result<DirectorySnapshot> 
     let users = store.users().await?;
     let devices = store.devices().await?;
     let nodes = store.nodes().await?;
+    let edges = store.edges().await?;
     let mut snap = DirectorySnapshot {
         cluster: Some(cluster),
         nodes,
+        edges,
         generation,
         ..Default::default()
     };
+    snap.not_before = store.tokens_not_before().await?.into_iter().collect();
+    snap.digest = store
+        .digest_credentials()
+        .await?
+        .into_iter()
+        .map(|(device, cred)| (cred.username.clone(), (device, cred)))
+        .collect();
     for u in users {
         snap.users.insert(u.id, ());
     }

@@ -12,7 +12,10 @@ mod model;
 mod sqlite;
 
 pub use directory::{Directory, DirectorySnapshot};
-pub use model::{Change, ClusterSettings, Device, Line, Node, RefreshToken, SigningKey, User};
+pub use model::{
+    Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node, OAuthClient, RefreshToken,
+    RefreshUse, SigningKey, StoredBinding, TrustCert, User,
+};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -83,6 +86,60 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<()>;
     /// Atomically removes and returns an unexpired refresh token: exactly one caller wins.
     async fn take_refresh_token(&self, hash: &str, now: i64) -> Result<Option<RefreshToken>>;
+
+    /// Marks a refresh token used and says what it was: fresh, a replay, or unknown. Exactly one
+    /// concurrent caller sees `Fresh`.
+    async fn use_refresh_token(&self, hash: &str, now: i64) -> Result<RefreshUse>;
+    /// Deletes every refresh token of a rotation family; returns how many.
+    async fn revoke_refresh_family(&self, family: &str) -> Result<u64>;
+    /// Deletes a user's refresh tokens (of one client, or all); returns how many.
+    async fn revoke_user_refresh_tokens(&self, user: &str, client_id: Option<&str>) -> Result<u64>;
+    /// Makes the user's access tokens issued before `not_before` invalid.
+    async fn set_tokens_not_before(&self, user: &str, not_before: i64) -> Result<()>;
+    /// Every user's tokens-not-before time.
+    async fn tokens_not_before(&self) -> Result<Vec<(String, i64)>>;
+
+    /// Makes `kid` the only active signing key.
+    async fn activate_signing_key(&self, kid: &str) -> Result<()>;
+    /// Deletes a signing key (it must not be the active one).
+    async fn delete_signing_key(&self, kid: &str) -> Result<()>;
+
+    /// Sets or clears a device's Digest credential.
+    async fn set_digest_credential(
+        &self,
+        device: &str,
+        cred: Option<&DigestCredential>,
+    ) -> Result<()>;
+    /// Every device's Digest credential, as (device name, credential).
+    async fn digest_credentials(&self) -> Result<Vec<(String, DigestCredential)>>;
+
+    /// Creates an OAuth client; `Conflict` if the id is taken.
+    async fn create_client(&self, client: &OAuthClient) -> Result<()>;
+    /// Reads one OAuth client.
+    async fn client(&self, id: &str) -> Result<Option<OAuthClient>>;
+    /// Lists OAuth clients ordered by id.
+    async fn clients(&self) -> Result<Vec<OAuthClient>>;
+    /// Deletes an OAuth client.
+    async fn delete_client(&self, id: &str) -> Result<()>;
+
+    /// Creates or replaces an edge entry.
+    async fn upsert_edge(&self, edge: &Edge) -> Result<()>;
+    /// Lists edges ordered by host.
+    async fn edges(&self) -> Result<Vec<Edge>>;
+    /// Deletes an edge entry.
+    async fn delete_edge(&self, host: &str) -> Result<()>;
+
+    /// Adds a CA certificate to the trust store; `Conflict` if present.
+    async fn add_trust_cert(&self, cert: &TrustCert) -> Result<()>;
+    /// Lists trust store certificates.
+    async fn trust_certs(&self) -> Result<Vec<TrustCert>>;
+    /// Removes a trust store certificate by fingerprint.
+    async fn delete_trust_cert(&self, fingerprint: &str) -> Result<()>;
+
+    /// Replaces the stored bindings of each listed AOR in one transaction (an empty list deletes).
+    async fn write_bindings(&self, batch: &[(String, Vec<StoredBinding>)]) -> Result<()>;
+    /// Every unexpired stored binding; expired ones are purged.
+    async fn load_bindings(&self, now: i64) -> Result<Vec<StoredBinding>>;
 
     /// Subscribes to change notifications.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;

@@ -104,6 +104,90 @@ pub struct RefreshToken {
     pub issued_at: i64,
     /// Unix seconds of expiry.
     pub expires_at: i64,
+    /// The rotation family: every token refreshed from one login shares it (reuse detection).
+    pub family: String,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// An unused, unexpired token; it is now marked used.
+    Fresh(RefreshToken),
+    /// The token was used before: a replay. The caller should revoke the family.
+    Reused(RefreshToken),
+    /// No such token, or expired.
+    Unknown,
+}
+
+/// A device's Digest credential for the legacy SIP ports; only the HA1 hashes are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestCredential {
+    /// The Digest user name.
+    pub username: String,
+    /// The realm the HA1 values were computed for.
+    pub realm: String,
+    /// Hex MD5(username:realm:password). Secret.
+    #[serde(skip_serializing, default)]
+    pub ha1_md5: String,
+    /// Hex SHA-256(username:realm:password). Secret.
+    #[serde(skip_serializing, default)]
+    pub ha1_sha256: String,
+}
+
+/// A registered OAuth client (RFC 6749 §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthClient {
+    /// The `client_id`.
+    pub id: String,
+    /// Human-readable name shown on the login page.
+    pub name: String,
+    /// Exact redirect URIs allowed for the authorization code grant.
+    pub redirect_uris: Vec<String>,
+    /// Scopes the client may obtain.
+    pub scopes: Vec<String>,
+    /// Unix seconds when created.
+    pub created_at: i64,
+}
+
+/// A trusted edge proxy (Expressway-C-like) allowed on the MRA OAuth port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    /// Host name or IP address; the key.
+    pub host: String,
+    /// Free text.
+    pub description: String,
+    /// CN/SAN values to accept from the edge's certificate.
+    pub subject_names: Vec<String>,
+    /// Unix seconds of the last change.
+    pub updated_at: i64,
+}
+
+/// A CA certificate in the trust store ("Tomcat-trust").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustCert {
+    /// Hex SHA-256 fingerprint of the DER; the key.
+    pub fingerprint: String,
+    /// The certificate, PEM.
+    pub pem: String,
+    /// Subject, for display.
+    pub subject: String,
+    /// Unix seconds when added.
+    pub added_at: i64,
+}
+
+/// A registration binding as persisted; the registrar owns the `data` format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBinding {
+    /// The address of record.
+    pub aor: String,
+    /// The binding's key within the AOR (contact or instance/reg-id).
+    pub key: String,
+    /// Unix seconds of expiry.
+    pub expires_at: i64,
+    /// The node holding the binding's flow.
+    pub node: String,
+    /// Serialized binding.
+    pub data: String,
 }
 
 /// What changed in the store, so that caches and listeners can follow live.
@@ -119,4 +203,14 @@ pub enum Change {
     Node(String),
     /// Signing keys changed.
     SigningKeys,
+    /// A user's tokens were revoked.
+    Revocation(String),
+    /// An OAuth client changed.
+    Client(String),
+    /// An edge entry changed.
+    Edge(String),
+    /// The trust store changed.
+    Trust,
+    /// A device's Digest credential changed.
+    Digest(String),
 }

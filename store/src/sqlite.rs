@@ -8,12 +8,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use crate::{
-    Change, ClusterSettings, Device, Line, Node, RefreshToken, Result, SigningKey, Store,
-    StoreError, User,
+    Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node, OAuthClient, RefreshToken,
+    RefreshUse, Result, SigningKey, Store, StoreError, StoredBinding, TrustCert, User,
 };
 
 /// Forward-only schema migrations; index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE cluster_settings (id INTEGER PRIMARY KEY CHECK (id = 1), oauth_mode INTEGER NOT NULL);
 INSERT INTO cluster_settings (id, oauth_mode) VALUES (1, 0);
 CREATE TABLE users (id TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created_at INTEGER NOT NULL);
@@ -42,7 +43,37 @@ CREATE TABLE refresh_tokens (
     hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     client_id TEXT NOT NULL, scope TEXT NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE refresh_tokens ADD COLUMN family TEXT NOT NULL DEFAULT '';
+ALTER TABLE refresh_tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX refresh_tokens_family ON refresh_tokens(family);
+CREATE INDEX refresh_tokens_user ON refresh_tokens(user_id, client_id);
+CREATE TABLE token_revocations (
+    user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE, not_before INTEGER NOT NULL
+);
+CREATE TABLE digest_credentials (
+    device TEXT PRIMARY KEY REFERENCES devices(name) ON DELETE CASCADE,
+    username TEXT NOT NULL UNIQUE, realm TEXT NOT NULL, ha1_md5 TEXT NOT NULL, ha1_sha256 TEXT NOT NULL
+);
+CREATE TABLE oauth_clients (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, redirect_uris TEXT NOT NULL, scopes TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE edges (
+    host TEXT PRIMARY KEY COLLATE NOCASE, description TEXT NOT NULL, subject_names TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE trust_certs (
+    fingerprint TEXT PRIMARY KEY, pem TEXT NOT NULL, subject TEXT NOT NULL, added_at INTEGER NOT NULL
+);
+CREATE TABLE bindings (
+    aor TEXT NOT NULL, key TEXT NOT NULL, expires_at INTEGER NOT NULL, node TEXT NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (aor, key)
+);
+CREATE INDEX bindings_expiry ON bindings(expires_at);
+"#,
+];
 
 /// A [`Store`] in one SQLite file.
 pub struct SqliteStore {
@@ -115,6 +146,39 @@ fn map_unique(e: rusqlite::Error, what: String) -> StoreError {
         }
         other => other.into(),
     }
+}
+
+fn read_refresh(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RefreshToken, bool)> {
+    Ok((
+        RefreshToken {
+            hash: r.get(0)?,
+            user_id: r.get(1)?,
+            client_id: r.get(2)?,
+            scope: r.get(3)?,
+            issued_at: r.get(4)?,
+            expires_at: r.get(5)?,
+            family: r.get(6)?,
+        },
+        r.get::<_, i64>(7)? != 0,
+    ))
+}
+
+fn read_client(r: &rusqlite::Row<'_>) -> rusqlite::Result<OAuthClient> {
+    Ok(OAuthClient {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        redirect_uris: parse_list(r.get(2)?),
+        scopes: parse_list(r.get(3)?),
+        created_at: r.get(4)?,
+    })
+}
+
+fn json_list(v: &[String]) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_list(s: String) -> Vec<String> {
+    serde_json::from_str(&s).unwrap_or_default()
 }
 
 fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
@@ -396,9 +460,9 @@ impl Store for SqliteStore {
         let t = token.clone();
         self.with(move |c| {
             c.execute(
-                "INSERT INTO refresh_tokens (hash, user_id, client_id, scope, issued_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![t.hash, t.user_id, t.client_id, t.scope, t.issued_at, t.expires_at],
+                "INSERT INTO refresh_tokens (hash, user_id, client_id, scope, issued_at, expires_at, family)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![t.hash, t.user_id, t.client_id, t.scope, t.issued_at, t.expires_at, t.family],
             )
             .map_err(|e| map_unique(e, "refresh token".into()))?;
             Ok(())
@@ -412,19 +476,10 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let tok = tx
                 .query_row(
-                    "SELECT hash, user_id, client_id, scope, issued_at, expires_at
-                     FROM refresh_tokens WHERE hash = ?1",
+                    "SELECT hash, user_id, client_id, scope, issued_at, expires_at, family, used
+                     FROM refresh_tokens WHERE hash = ?1 AND used = 0",
                     params![hash],
-                    |r| {
-                        Ok(RefreshToken {
-                            hash: r.get(0)?,
-                            user_id: r.get(1)?,
-                            client_id: r.get(2)?,
-                            scope: r.get(3)?,
-                            issued_at: r.get(4)?,
-                            expires_at: r.get(5)?,
-                        })
-                    },
+                    |r| read_refresh(r).map(|(t, _)| t),
                 )
                 .optional()?;
             tx.execute(
@@ -433,6 +488,400 @@ impl Store for SqliteStore {
             )?;
             tx.commit()?;
             Ok(tok.filter(|t| t.expires_at > now))
+        })
+        .await
+    }
+
+    async fn use_refresh_token(&self, hash: &str, now: i64) -> Result<RefreshUse> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            // IMMEDIATE takes the write lock first, so two callers cannot both see `used = 0`.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let row = tx
+                .query_row(
+                    "SELECT hash, user_id, client_id, scope, issued_at, expires_at, family, used
+                     FROM refresh_tokens WHERE hash = ?1",
+                    params![hash],
+                    read_refresh,
+                )
+                .optional()?;
+            let out = match row {
+                None => RefreshUse::Unknown,
+                Some((t, _)) if t.expires_at <= now => RefreshUse::Unknown,
+                Some((t, true)) => RefreshUse::Reused(t),
+                Some((t, false)) => {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET used = 1 WHERE hash = ?1",
+                        params![hash],
+                    )?;
+                    RefreshUse::Fresh(t)
+                }
+            };
+            tx.execute(
+                "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
+                params![now],
+            )?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_refresh_family(&self, family: &str) -> Result<u64> {
+        let family = family.to_owned();
+        self.with(move |c| {
+            Ok(c.execute(
+                "DELETE FROM refresh_tokens WHERE family = ?1",
+                params![family],
+            )? as u64)
+        })
+        .await
+    }
+
+    async fn revoke_user_refresh_tokens(&self, user: &str, client_id: Option<&str>) -> Result<u64> {
+        let user = user.to_owned();
+        let client = client_id.map(str::to_owned);
+        let n = self
+            .with(move |c| {
+                Ok(match client {
+                    Some(cl) => c.execute(
+                        "DELETE FROM refresh_tokens WHERE user_id = ?1 AND client_id = ?2",
+                        params![user, cl],
+                    )?,
+                    None => c.execute(
+                        "DELETE FROM refresh_tokens WHERE user_id = ?1",
+                        params![user],
+                    )?,
+                } as u64)
+            })
+            .await?;
+        Ok(n)
+    }
+
+    async fn set_tokens_not_before(&self, user: &str, not_before: i64) -> Result<()> {
+        let u = user.to_owned();
+        self.with(move |c| {
+            let n = c.execute(
+                "INSERT INTO token_revocations (user_id, not_before) SELECT id, ?2 FROM users WHERE id = ?1
+                 ON CONFLICT(user_id) DO UPDATE SET not_before = MAX(not_before, ?2)",
+                params![u, not_before],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {u}")));
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Revocation(user.to_owned()));
+        Ok(())
+    }
+
+    async fn tokens_not_before(&self) -> Result<Vec<(String, i64)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT user_id, not_before FROM token_revocations")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn activate_signing_key(&self, kid: &str) -> Result<()> {
+        let k = kid.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("UPDATE signing_keys SET active = (kid = ?1)", params![k])?;
+            let found: bool = tx
+                .query_row(
+                    "SELECT 1 FROM signing_keys WHERE kid = ?1",
+                    params![k],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if n == 0 || !found {
+                return Err(StoreError::NotFound(format!("signing key {k}")));
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::SigningKeys);
+        Ok(())
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> Result<()> {
+        let k = kid.to_owned();
+        self.with(move |c| {
+            let active: Option<i64> = c
+                .query_row(
+                    "SELECT active FROM signing_keys WHERE kid = ?1",
+                    params![k],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match active {
+                None => Err(StoreError::NotFound(format!("signing key {k}"))),
+                Some(1) => Err(StoreError::Invalid(format!(
+                    "signing key {k} is the active key; activate another key first"
+                ))),
+                Some(_) => {
+                    c.execute("DELETE FROM signing_keys WHERE kid = ?1", params![k])?;
+                    Ok(())
+                }
+            }
+        })
+        .await?;
+        self.notify(Change::SigningKeys);
+        Ok(())
+    }
+
+    async fn set_digest_credential(
+        &self,
+        device: &str,
+        cred: Option<&DigestCredential>,
+    ) -> Result<()> {
+        let d = device.to_owned();
+        let cred = cred.cloned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let exists = tx
+                .query_row("SELECT 1 FROM devices WHERE name = ?1", params![d], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            if !exists {
+                return Err(StoreError::NotFound(format!("device {d}")));
+            }
+            tx.execute(
+                "DELETE FROM digest_credentials WHERE device = ?1",
+                params![d],
+            )?;
+            if let Some(cr) = cred {
+                tx.execute(
+                    "INSERT INTO digest_credentials (device, username, realm, ha1_md5, ha1_sha256)
+                     VALUES ((SELECT name FROM devices WHERE name = ?1), ?2, ?3, ?4, ?5)",
+                    params![d, cr.username, cr.realm, cr.ha1_md5, cr.ha1_sha256],
+                )
+                .map_err(|e| map_unique(e, format!("digest user name {}", cr.username)))?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Digest(device.to_owned()));
+        Ok(())
+    }
+
+    async fn digest_credentials(&self) -> Result<Vec<(String, DigestCredential)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT device, username, realm, ha1_md5, ha1_sha256 FROM digest_credentials ORDER BY device",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        DigestCredential {
+                            username: r.get(1)?,
+                            realm: r.get(2)?,
+                            ha1_md5: r.get(3)?,
+                            ha1_sha256: r.get(4)?,
+                        },
+                    ))
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn create_client(&self, client: &OAuthClient) -> Result<()> {
+        let cl = client.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO oauth_clients (id, name, redirect_uris, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![cl.id, cl.name, json_list(&cl.redirect_uris), json_list(&cl.scopes), cl.created_at],
+            )
+            .map_err(|e| map_unique(e, format!("client {}", cl.id)))?;
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Client(client.id.clone()));
+        Ok(())
+    }
+
+    async fn client(&self, id: &str) -> Result<Option<OAuthClient>> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, redirect_uris, scopes, created_at FROM oauth_clients WHERE id = ?1",
+                params![id],
+                read_client,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn clients(&self) -> Result<Vec<OAuthClient>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, redirect_uris, scopes, created_at FROM oauth_clients ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], read_client)?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_client(&self, id: &str) -> Result<()> {
+        let i = id.to_owned();
+        self.with(move |c| {
+            if c.execute("DELETE FROM oauth_clients WHERE id = ?1", params![i])? == 0 {
+                return Err(StoreError::NotFound(format!("client {i}")));
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Client(id.to_owned()));
+        Ok(())
+    }
+
+    async fn upsert_edge(&self, edge: &Edge) -> Result<()> {
+        let e = edge.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO edges (host, description, subject_names, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(host) DO UPDATE SET description = ?2, subject_names = ?3, updated_at = ?4",
+                params![e.host, e.description, json_list(&e.subject_names), e.updated_at],
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Edge(edge.host.clone()));
+        Ok(())
+    }
+
+    async fn edges(&self) -> Result<Vec<Edge>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT host, description, subject_names, updated_at FROM edges ORDER BY host",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Edge {
+                        host: r.get(0)?,
+                        description: r.get(1)?,
+                        subject_names: parse_list(r.get(2)?),
+                        updated_at: r.get(3)?,
+                    })
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_edge(&self, host: &str) -> Result<()> {
+        let h = host.to_owned();
+        self.with(move |c| {
+            if c.execute("DELETE FROM edges WHERE host = ?1", params![h])? == 0 {
+                return Err(StoreError::NotFound(format!("edge {h}")));
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Edge(host.to_owned()));
+        Ok(())
+    }
+
+    async fn add_trust_cert(&self, cert: &TrustCert) -> Result<()> {
+        let t = cert.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO trust_certs (fingerprint, pem, subject, added_at) VALUES (?1, ?2, ?3, ?4)",
+                params![t.fingerprint, t.pem, t.subject, t.added_at],
+            )
+            .map_err(|e| map_unique(e, format!("trust certificate {}", t.fingerprint)))?;
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Trust);
+        Ok(())
+    }
+
+    async fn trust_certs(&self) -> Result<Vec<TrustCert>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT fingerprint, pem, subject, added_at FROM trust_certs ORDER BY added_at, fingerprint")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(TrustCert { fingerprint: r.get(0)?, pem: r.get(1)?, subject: r.get(2)?, added_at: r.get(3)? })
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_trust_cert(&self, fingerprint: &str) -> Result<()> {
+        let f = fingerprint.to_owned();
+        self.with(move |c| {
+            if c.execute("DELETE FROM trust_certs WHERE fingerprint = ?1", params![f])? == 0 {
+                return Err(StoreError::NotFound(format!("trust certificate {f}")));
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Trust);
+        Ok(())
+    }
+
+    async fn write_bindings(&self, batch: &[(String, Vec<StoredBinding>)]) -> Result<()> {
+        let batch = batch.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut del = tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1")?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO bindings (aor, key, expires_at, node, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (aor, rows) in &batch {
+                    del.execute(params![aor])?;
+                    for b in rows {
+                        ins.execute(params![aor, b.key, b.expires_at, b.node, b.data])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_bindings(&self, now: i64) -> Result<Vec<StoredBinding>> {
+        self.with(move |c| {
+            c.execute("DELETE FROM bindings WHERE expires_at <= ?1", params![now])?;
+            let mut stmt = c.prepare(
+                "SELECT aor, key, expires_at, node, data FROM bindings ORDER BY aor, key",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredBinding {
+                        aor: r.get(0)?,
+                        key: r.get(1)?,
+                        expires_at: r.get(2)?,
+                        node: r.get(3)?,
+                        data: r.get(4)?,
+                    })
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -538,6 +987,7 @@ mod tests {
             scope: "sip".into(),
             issued_at: 10,
             expires_at: 100,
+            family: "f1".into(),
         };
         s.insert_refresh_token(&t).await.unwrap();
         assert_eq!(
@@ -578,5 +1028,209 @@ mod tests {
             ["k2"]
         );
         assert_eq!(rx.recv().await.unwrap(), Change::SigningKeys);
+    }
+
+    #[tokio::test]
+    async fn refresh_reuse_is_detected_and_families_are_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        s.create_user(&user("dan")).await.unwrap();
+        let tok = |hash: &str, family: &str, client: &str, expires_at| RefreshToken {
+            hash: hash.into(),
+            user_id: "dan".into(),
+            client_id: client.into(),
+            scope: "sip".into(),
+            issued_at: 1,
+            expires_at,
+            family: family.into(),
+        };
+        s.insert_refresh_token(&tok("a", "fam", "softphone", 1000))
+            .await
+            .unwrap();
+        s.insert_refresh_token(&tok("b", "fam", "softphone", 1000))
+            .await
+            .unwrap();
+        s.insert_refresh_token(&tok("d", "fam", "softphone", 5000))
+            .await
+            .unwrap();
+        s.insert_refresh_token(&tok("c", "other", "desk", 5000))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.use_refresh_token("a", 5).await.unwrap(),
+            RefreshUse::Fresh(_)
+        ));
+        assert!(
+            matches!(s.use_refresh_token("a", 5).await.unwrap(), RefreshUse::Reused(t) if t.family == "fam")
+        );
+        assert_eq!(
+            s.use_refresh_token("zzz", 5).await.unwrap(),
+            RefreshUse::Unknown
+        );
+        assert_eq!(
+            s.use_refresh_token("b", 1000).await.unwrap(),
+            RefreshUse::Unknown,
+            "expired"
+        );
+        // a and b were purged as expired; d is left of the family.
+        assert_eq!(s.revoke_refresh_family("fam").await.unwrap(), 1);
+        assert_eq!(
+            s.revoke_user_refresh_tokens("dan", Some("softphone"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(s.revoke_user_refresh_tokens("dan", None).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_refresh_use_has_exactly_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        s.create_user(&user("eve")).await.unwrap();
+        s.insert_refresh_token(&RefreshToken {
+            hash: "x".into(),
+            user_id: "eve".into(),
+            client_id: "softphone".into(),
+            scope: "sip".into(),
+            issued_at: 1,
+            expires_at: 1000,
+            family: "f".into(),
+        })
+        .await
+        .unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            set.spawn(async move { s.use_refresh_token("x", 5).await.unwrap() });
+        }
+        let mut fresh = 0;
+        while let Some(r) = set.join_next().await {
+            if matches!(r.unwrap(), RefreshUse::Fresh(_)) {
+                fresh += 1;
+            }
+        }
+        assert_eq!(fresh, 1);
+    }
+
+    #[tokio::test]
+    async fn revocations_digest_edges_trust_clients_and_bindings_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_user(&user("fay")).await.unwrap();
+        s.create_device(&device("SEP001122334455", "fay", &["6000"]))
+            .await
+            .unwrap();
+        s.set_tokens_not_before("fay", 50).await.unwrap();
+        s.set_tokens_not_before("fay", 40).await.unwrap();
+        assert_eq!(
+            s.tokens_not_before().await.unwrap(),
+            vec![("fay".to_string(), 50)],
+            "never moves back"
+        );
+        assert!(matches!(
+            s.set_tokens_not_before("ghost", 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let cred = DigestCredential {
+            username: "fay-desk".into(),
+            realm: "r".into(),
+            ha1_md5: "m".into(),
+            ha1_sha256: "s".into(),
+        };
+        s.set_digest_credential("sep001122334455", Some(&cred))
+            .await
+            .unwrap();
+        let dir_snap = crate::Directory::load(&s).await.unwrap().snapshot();
+        let (dev, c) = dir_snap.digest_credential("fay-desk").unwrap();
+        assert_eq!((dev.name.as_str(), c), ("SEP001122334455", &cred));
+        assert_eq!(dir_snap.tokens_not_before("fay"), 50);
+
+        s.upsert_edge(&Edge {
+            host: "expc.example".into(),
+            description: "edge".into(),
+            subject_names: vec!["expc.example".into(), "*.edge.example".into()],
+            updated_at: 1,
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.edges().await.unwrap()[0].subject_names.len(), 2);
+        s.delete_edge("EXPC.example").await.unwrap();
+        assert!(s.edges().await.unwrap().is_empty());
+
+        let tc = TrustCert {
+            fingerprint: "ab".into(),
+            pem: "pem".into(),
+            subject: "CN=x".into(),
+            added_at: 1,
+        };
+        s.add_trust_cert(&tc).await.unwrap();
+        assert!(matches!(
+            s.add_trust_cert(&tc).await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.delete_trust_cert("ab").await.unwrap();
+
+        let cl = OAuthClient {
+            id: "jabber".into(),
+            name: "Jabber".into(),
+            redirect_uris: vec!["http://127.0.0.1/cb".into()],
+            scopes: vec!["sip:register".into()],
+            created_at: 1,
+        };
+        s.create_client(&cl).await.unwrap();
+        assert_eq!(s.client("jabber").await.unwrap(), Some(cl));
+
+        let b = |key: &str, exp| StoredBinding {
+            aor: "6000@x".into(),
+            key: key.into(),
+            expires_at: exp,
+            node: "n1".into(),
+            data: "{}".into(),
+        };
+        s.write_bindings(&[("6000@x".into(), vec![b("k1", 100), b("k2", 10)])])
+            .await
+            .unwrap();
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.load_bindings(50).await.unwrap(),
+            vec![b("k1", 100)],
+            "expired bindings are purged"
+        );
+        s.write_bindings(&[("6000@x".into(), vec![])])
+            .await
+            .unwrap();
+        assert!(s.load_bindings(50).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_active_signing_key_cannot_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let key = |kid: &str| SigningKey {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            private_pem: "pem".into(),
+            public_x: "x".into(),
+            public_y: "y".into(),
+            created_at: 1,
+            active: true,
+        };
+        s.insert_signing_key(&key("k1")).await.unwrap();
+        s.insert_signing_key(&key("k2")).await.unwrap();
+        assert!(matches!(
+            s.delete_signing_key("k2").await,
+            Err(StoreError::Invalid(_))
+        ));
+        s.activate_signing_key("k1").await.unwrap();
+        s.delete_signing_key("k2").await.unwrap();
+        assert_eq!(s.signing_keys().await.unwrap().len(), 1);
+        assert!(matches!(
+            s.activate_signing_key("nope").await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

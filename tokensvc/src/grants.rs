@@ -222,6 +222,7 @@ impl TokenService {
             scope: scope.to_owned(),
             issued_at: now,
             expires_at: refresh_expires_at,
+            family: String::new(),
         };
         self.store
             .insert_refresh_token(&record)
@@ -479,6 +480,7 @@ pub(crate) mod tests {
             scope: "sip:register".into(),
             issued_at: NOW,
             expires_at: NOW + 1000,
+            family: String::new(),
         };
         f.store.insert_refresh_token(&foreign).await.unwrap();
         let e = f
