@@ -13,8 +13,8 @@ mod sqlite;
 
 pub use directory::{Directory, DirectorySnapshot};
 pub use model::{
-    Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node, OAuthClient, RefreshToken,
-    RefreshUse, SigningKey, StoredBinding, TrustCert, User,
+    AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
+    OAuthClient, RefreshToken, RefreshUse, SigningKey, StoredBinding, TrustCert, User,
 };
 pub use sqlite::SqliteStore;
 
@@ -140,6 +140,18 @@ pub trait Store: Send + Sync + 'static {
     async fn write_bindings(&self, batch: &[(String, Vec<StoredBinding>)]) -> Result<()>;
     /// Every unexpired stored binding; expired ones are purged.
     async fn load_bindings(&self, now: i64) -> Result<Vec<StoredBinding>>;
+
+    /// Stores an admin API token.
+    async fn create_admin_token(&self, token: &AdminToken) -> Result<()>;
+    /// Lists admin API tokens.
+    async fn admin_tokens(&self) -> Result<Vec<AdminToken>>;
+    /// Deletes an admin API token by id.
+    async fn delete_admin_token(&self, id: &str) -> Result<()>;
+
+    /// Appends an audit entry (its `id` is assigned by the store).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Audit entries with id greater than `after`, oldest first, at most `limit`.
+    async fn audit(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>>;
 
     /// Subscribes to change notifications.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;

@@ -214,3 +214,36 @@ pub enum Change {
     /// A device's Digest credential changed.
     Digest(String),
 }
+
+/// An admin API token; only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminToken {
+    /// Short id shown in lists and used to revoke.
+    pub id: String,
+    /// What the token is for.
+    pub name: String,
+    /// `admin` (read and write) or `read` (read only).
+    pub scope: String,
+    /// Hex SHA-256 of the secret. Never serialised.
+    #[serde(skip_serializing, default)]
+    pub sha256: String,
+    /// Unix seconds when created.
+    pub created_at: i64,
+}
+
+/// One audited change: who did what to which resource, with before/after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Increasing id.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Who: the admin token's name.
+    pub actor: String,
+    /// The HTTP method and path, e.g. `DELETE /api/v1/devices/CSFjdoe`.
+    pub action: String,
+    /// JSON of the resource before (null when created).
+    pub before: serde_json::Value,
+    /// JSON of the resource after (null when deleted).
+    pub after: serde_json::Value,
+}

@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::broadcast;
 
 use crate::{
-    Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node, OAuthClient, RefreshToken,
-    RefreshUse, Result, SigningKey, Store, StoreError, StoredBinding, TrustCert, User,
+    AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
+    OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError, StoredBinding,
+    TrustCert, User,
 };
 
 /// Forward-only schema migrations; index + 1 is the schema version.
@@ -878,6 +879,84 @@ impl Store for SqliteStore {
                         expires_at: r.get(2)?,
                         node: r.get(3)?,
                         data: r.get(4)?,
+                    })
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn create_admin_token(&self, token: &AdminToken) -> Result<()> {
+        let t = token.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO admin_tokens (id, name, scope, sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.id, t.name, t.scope, t.sha256, t.created_at],
+            )
+            .map_err(|e| map_unique(e, format!("admin token {}", t.id)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, name, scope, sha256, created_at FROM admin_tokens ORDER BY created_at, id")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(AdminToken {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        scope: r.get(2)?,
+                        sha256: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn delete_admin_token(&self, id: &str) -> Result<()> {
+        let i = id.to_owned();
+        self.with(move |c| {
+            if c.execute("DELETE FROM admin_tokens WHERE id = ?1", params![i])? == 0 {
+                return Err(StoreError::NotFound(format!("admin token {i}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let e = entry.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO audit_log (at, actor, action, before, after) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.at, e.actor, e.action, e.before.to_string(), e.after.to_string()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, at, actor, action, before, after FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| {
+                    Ok(AuditEntry {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        before: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                        after: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
                     })
                 })?
                 .collect::<std::result::Result<_, _>>()?;
