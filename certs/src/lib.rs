@@ -10,12 +10,14 @@
 
 mod error;
 mod files;
+mod inspect;
 mod pki;
 mod reload;
 mod tls;
 
 pub use error::CertError;
 pub use files::write_secret_file;
+pub use inspect::{summarize_der, summarize_pem, CertSummary};
 pub use pki::{load_or_create, PkiPaths};
 pub use reload::ReloadableServerConfig;
 pub use tls::{client_config, client_config_with_cert, server_config, server_config_mtls};

@@ -35,6 +35,9 @@ pub enum FrameError {
     /// Two `Content-Length` headers disagree.
     #[error("conflicting content-length headers")]
     ConflictingContentLength,
+    /// A datagram ends before the body `Content-Length` announces (RFC 3261 §18.3).
+    #[error("body shorter than content-length")]
+    Truncated,
 }
 
 /// Incremental framer: [`push`](Self::push) bytes as they arrive, then drain
@@ -135,8 +138,46 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Cuts one UDP datagram to its SIP message (RFC 3261 §18.3): `Content-Length` is optional;
+/// bytes after the announced body are discarded; a body shorter than announced is an error.
+/// `Ok(None)` for keep-alives (CRLFs, RFC 5626 §4.4.2 STUN) that get no SIP answer.
+pub fn frame_datagram(data: &[u8], max_message_size: usize) -> Result<Option<&[u8]>, FrameError> {
+    if data.len() > max_message_size {
+        return Err(FrameError::TooLarge {
+            limit: max_message_size,
+        });
+    }
+    let mut start = 0;
+    while data[start..].starts_with(b"\r\n") {
+        start += 2;
+    }
+    let data = &data[start..];
+    // STUN messages start with two zero bits (RFC 5389 §6); SIP starts with a letter.
+    if data.is_empty() || data[0] < 0x20 {
+        return Ok(None);
+    }
+    let Some(head_end) = find(data, b"\r\n\r\n") else {
+        return Ok(Some(data));
+    };
+    let body_at = head_end + 4;
+    match content_length_opt(&data[..head_end])? {
+        None => Ok(Some(data)),
+        Some(len) => {
+            let end = body_at.checked_add(len).ok_or(FrameError::Truncated)?;
+            if end > data.len() {
+                return Err(FrameError::Truncated);
+            }
+            Ok(Some(&data[..end]))
+        }
+    }
+}
+
 /// Reads `Content-Length` (or compact `l`) from a head; folded continuation lines are joined.
 fn content_length(head: &[u8]) -> Result<usize, FrameError> {
+    content_length_opt(head)?.ok_or(FrameError::MissingContentLength)
+}
+
+fn content_length_opt(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let mut found: Option<usize> = None;
     let mut lines: Vec<Vec<u8>> = Vec::new();
     // Skip the start line; unfold header lines (RFC 3261 §7.3.1).
@@ -171,7 +212,7 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
             _ => found = Some(value),
         }
     }
-    found.ok_or(FrameError::MissingContentLength)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -346,6 +387,31 @@ mod tests {
         f.push(b"INFO sip:a SIP/2.0\r\nContent-Length: 1000\r\n\r\n")
             .unwrap();
         assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 100 }));
+    }
+
+    #[test]
+    fn datagrams_cut_at_content_length_and_keepalives_are_silent() {
+        let two = b"OPTIONS sip:a SIP/2.0\r\nl: 2\r\n\r\nhiINVITE sip:b SIP/2.0\r\n\r\n";
+        assert_eq!(
+            frame_datagram(two, 1000),
+            Ok(Some(&b"OPTIONS sip:a SIP/2.0\r\nl: 2\r\n\r\nhi"[..]))
+        );
+        let no_cl = b"\r\nOPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\nbody";
+        assert_eq!(frame_datagram(no_cl, 1000), Ok(Some(&no_cl[2..])));
+        assert_eq!(
+            frame_datagram(b"OPTIONS sip:a SIP/2.0\r\nl: 9\r\n\r\nhi", 1000),
+            Err(FrameError::Truncated)
+        );
+        assert_eq!(
+            frame_datagram(b"OPTIONS sip:a SIP/2.0\r\nl: -1\r\n\r\n", 1000),
+            Err(FrameError::InvalidContentLength("-1".into()))
+        );
+        assert_eq!(frame_datagram(b"\r\n\r\n", 1000), Ok(None));
+        assert_eq!(frame_datagram(&[0, 1, 0, 0, 0x21, 0x12], 1000), Ok(None));
+        assert_eq!(
+            frame_datagram(&[b'A'; 11], 10),
+            Err(FrameError::TooLarge { limit: 10 })
+        );
     }
 
     #[test]

@@ -1,26 +1,40 @@
-//! sipreg's SIP registrar over TLS ("SIP OAuth mode"): Bearer-token REGISTER processing in the
-//! manner of Unified CM for Jabber-like clients, and RFC 8898 for standard ones.
+//! sipreg's SIP registrar: RFC 3261 §10.3 REGISTER processing with Bearer tokens on the SIP
+//! OAuth port (Unified CM "SIP OAuth mode" for Jabber, RFC 8898 for others) and Digest on the
+//! legacy ports, RFC 3327 Path, RFC 5626 outbound flows, persisted bindings and abuse limits.
 //!
-//! Layers, outside in: [`SipOAuthListener`] (TLS sockets, timeouts, live certificate swap) →
-//! [`StreamFramer`] (RFC 3261 §18.3 framing, RFC 5626 keep-alives) → [`Registrar`] (clock and
-//! shared state) → [`register::process`] (the sans-IO RFC 3261 §10.3 decision) over
-//! [`Request`], [`Location`] and a [`BearerValidator`] supplied by the token service.
+//! Layers, outside in: [`SipOAuthListener`] (TLS, live certificate swap) and
+//! [`LegacyListeners`] (UDP/TCP/TLS) → [`StreamFramer`] / [`frame_datagram`] (RFC 3261 §18.3
+//! framing, RFC 5626 keep-alives) → [`Registrar`] (clock, shared state, [`Stats`], connection
+//! caps) → [`register::process`] (the sans-IO RFC 3261 §10.3 decision) over [`Request`],
+//! [`Location`], a [`BearerValidator`] supplied by the token service and [`DigestAuth`].
+//! [`persist`] writes bindings behind to the store and restores them at start.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
+pub mod config;
+mod conn;
+pub mod digest;
 pub mod framer;
+pub mod legacy;
+pub mod limits;
 pub mod listener;
 pub mod location;
 pub mod message;
+pub mod persist;
 pub mod register;
 pub mod registrar;
 pub mod response;
 
 pub use auth::{AuthDialect, BearerError, BearerValidator, TokenIdentity};
-pub use framer::{Frame, FrameError, StreamFramer};
+pub use config::RegistrarConfig;
+pub use digest::{Algorithm, DigestAuth};
+pub use framer::{frame_datagram, Frame, FrameError, StreamFramer};
+pub use legacy::{LegacyAddrs, LegacyError, LegacyListeners};
+pub use limits::{Stats, StatsSnapshot};
 pub use listener::SipOAuthListener;
-pub use location::{AorBindings, Binding, BindingChange, FlowId, Location};
+pub use location::{AorBindings, Binding, BindingChange, FlowId, FlowState, Location, Transport};
 pub use message::{Aor, Contact, ContactAddress, MessageError, Request};
-pub use register::{process, ConnectionFacts, RegistrarConfig, Response};
-pub use registrar::Registrar;
+pub use persist::PersistError;
+pub use register::{process, Authenticators, ConnectionFacts, PortKind, Response};
+pub use registrar::{Answer, Registrar};

@@ -2,15 +2,58 @@
 //!
 //! One [`DashMap`] entry per AOR; [`Location::apply`] checks and commits a REGISTER's changes
 //! under that entry's lock, so the RFC 3261 §10.3 step 6-7 ordering rules and the
-//! all-or-nothing commit hold even when two connections register the same AOR at once.
+//! all-or-nothing commit hold even when two connections register the same AOR at once. Every
+//! AOR that changes is remembered as dirty until the [`Persister`](crate::persist::Persister)
+//! takes it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
 
-/// Identifies the connection (flow, RFC 5626) a binding was registered over.
+/// Identifies the connection (flow, RFC 5626) a binding was registered over; 0 means none
+/// (UDP, or a binding restored after a restart).
 pub type FlowId = u64;
 
+/// The transport a request arrived over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transport {
+    /// UDP (legacy port).
+    Udp,
+    /// TCP (legacy port).
+    Tcp,
+    /// TLS (legacy secure port or the SIP OAuth port).
+    Tls,
+}
+
+impl Transport {
+    /// The Via transport token (`UDP`, `TCP`, `TLS`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// What is known about the flow a binding was made over (RFC 5626 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlowState {
+    /// The connection it came over is open.
+    Open,
+    /// The connection it came over has closed (kept because `unbind_on_close` is off).
+    Closed,
+    /// Connectionless (UDP): reachable at its source address while the NAT binding lasts.
+    Datagram,
+    /// Restored from the store after a restart: the flow it came over is gone or unknown.
+    Unknown,
+}
+
 /// One contact bound to an AOR.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     /// The contact URI as sent.
     pub contact_uri: String,
@@ -18,6 +61,9 @@ pub struct Binding {
     pub contact_key: String,
     /// The whole Contact header value as sent.
     pub contact_raw: String,
+    /// The Contact header parameters as sent (`name` or `name=value`), `expires` excluded.
+    #[serde(default)]
+    pub contact_params: Vec<String>,
     /// Unix seconds when the binding lapses.
     pub expires_at: i64,
     /// Call-ID of the REGISTER that created or refreshed it.
@@ -34,10 +80,30 @@ pub struct Binding {
     pub path: Vec<String>,
     /// Unified CM device name.
     pub device: Option<String>,
-    /// Authenticated user who registered it.
+    /// Authenticated user (or Digest user name) who registered it.
     pub user: String,
     /// The connection it came over.
     pub flow: FlowId,
+    /// What is known about that connection.
+    #[serde(default = "unknown_flow")]
+    pub flow_state: FlowState,
+    /// Transport of the REGISTER.
+    #[serde(default = "default_transport")]
+    pub transport: Transport,
+    /// Source address of the REGISTER (where a UDP or flow-bound request goes).
+    #[serde(default)]
+    pub source: Option<SocketAddr>,
+    /// Registered with RFC 5626 outbound (instance + reg-id honoured).
+    #[serde(default)]
+    pub outbound: bool,
+}
+
+fn unknown_flow() -> FlowState {
+    FlowState::Unknown
+}
+
+fn default_transport() -> Transport {
+    Transport::Tls
 }
 
 impl Binding {
@@ -46,6 +112,15 @@ impl Binding {
         match (self.instance.as_deref(), self.reg_id, instance, reg_id) {
             (Some(a), Some(x), Some(b), Some(y)) => a == b && x == y,
             _ => self.contact_key == contact_key,
+        }
+    }
+
+    /// The binding's key within its AOR: (instance, reg-id) when both are set (RFC 5626 §6),
+    /// else the canonical contact URI.
+    pub fn key(&self) -> String {
+        match (&self.instance, self.reg_id) {
+            (Some(i), Some(r)) => format!("{i};reg-id={r}"),
+            _ => self.contact_key.clone(),
         }
     }
 }
@@ -107,6 +182,7 @@ pub enum ApplyError {
 #[derive(Debug, Default)]
 pub struct Location {
     aors: DashMap<String, AorBindings>,
+    dirty: Mutex<HashSet<String>>,
 }
 
 impl Location {
@@ -191,32 +267,107 @@ impl Location {
         if next.is_empty() {
             self.aors.remove_if(aor, |_, v| v.bindings.is_empty());
         }
+        self.mark_dirty(aor);
         Ok(next)
     }
 
     /// Removes expired bindings and empty AORs; returns how many bindings were removed.
     pub fn purge_expired(&self, now: i64) -> usize {
-        let mut removed = 0;
-        self.aors.retain(|_, v| {
-            let before = v.bindings.len();
-            v.bindings.retain(|b| b.expires_at > now);
-            removed += before - v.bindings.len();
-            !v.bindings.is_empty()
-        });
-        removed
+        self.remove_where(|b| b.expires_at <= now)
     }
 
     /// Removes every binding registered over `flow` (RFC 5626 §7: a dead flow invalidates its
     /// bindings); returns how many were removed.
     pub fn remove_flow(&self, flow: FlowId) -> usize {
+        if flow == 0 {
+            return 0;
+        }
+        self.remove_where(|b| b.flow == flow)
+    }
+
+    /// Marks every binding registered over `flow` as [`FlowState::Closed`] (kept, but the
+    /// registrar knows it can no longer reach the contact over that flow); returns how many.
+    pub fn mark_flow_closed(&self, flow: FlowId) -> usize {
+        if flow == 0 {
+            return 0;
+        }
+        let mut marked = 0;
+        for mut e in self.aors.iter_mut() {
+            for b in e.bindings.iter_mut().filter(|b| b.flow == flow) {
+                b.flow_state = FlowState::Closed;
+                marked += 1;
+            }
+        }
+        marked
+    }
+
+    fn remove_where(&self, pred: impl Fn(&Binding) -> bool) -> usize {
         let mut removed = 0;
-        self.aors.retain(|_, v| {
+        let mut changed = Vec::new();
+        self.aors.retain(|aor, v| {
             let before = v.bindings.len();
-            v.bindings.retain(|b| b.flow != flow);
-            removed += before - v.bindings.len();
+            v.bindings.retain(|b| !pred(b));
+            if v.bindings.len() != before {
+                removed += before - v.bindings.len();
+                changed.push(aor.clone());
+            }
             !v.bindings.is_empty()
         });
+        for aor in changed {
+            self.mark_dirty(&aor);
+        }
         removed
+    }
+
+    /// Puts restored bindings back (after a restart): expired ones are skipped, and since the
+    /// flows they came over are gone their state becomes [`FlowState::Unknown`] and their flow 0.
+    /// Not marked dirty: the store already holds them. Returns how many were restored.
+    pub fn restore(&self, bindings: impl IntoIterator<Item = (String, Binding)>, now: i64) -> usize {
+        let mut n = 0;
+        for (aor, mut b) in bindings {
+            if b.expires_at <= now {
+                continue;
+            }
+            b.flow = 0;
+            b.flow_state = FlowState::Unknown;
+            let mut entry = self.aors.entry(aor).or_default();
+            let key = b.key();
+            entry.bindings.retain(|e| e.key() != key);
+            entry.bindings.push(b);
+            n += 1;
+        }
+        n
+    }
+
+    /// Every AOR that changed since the last call, with its current bindings (empty: all gone).
+    pub fn take_dirty(&self) -> Vec<(String, Vec<Binding>)> {
+        let aors: Vec<String> = {
+            let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            d.drain().collect()
+        };
+        aors.into_iter()
+            .map(|aor| {
+                let bindings = self
+                    .aors
+                    .get(&aor)
+                    .map(|e| e.bindings.clone())
+                    .unwrap_or_default();
+                (aor, bindings)
+            })
+            .collect()
+    }
+
+    /// Marks `aor` as changed, so the persister writes it again (e.g. after a failed write).
+    pub fn mark_dirty(&self, aor: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(aor.to_owned());
+    }
+
+    /// Number of AORs waiting to be persisted.
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Number of stored bindings (expired ones not yet purged included).
@@ -265,6 +416,11 @@ mod tests {
             device: None,
             user: "u".into(),
             flow: 1,
+            flow_state: FlowState::Open,
+            transport: Transport::Tls,
+            source: None,
+            outbound: false,
+            contact_params: vec![],
         }
     }
 
@@ -410,7 +566,39 @@ mod tests {
             0,
         )
         .unwrap();
+        assert_eq!(loc.mark_flow_closed(2), 1);
+        assert_eq!(loc.bindings("a@h", 0)[1].flow_state, FlowState::Closed);
         assert_eq!(loc.remove_flow(1), 1);
         assert_eq!(loc.bindings("a@h", 0)[0].contact_uri, "sip:y");
+        assert_eq!(loc.remove_flow(0), 0, "flow 0 is no connection");
+    }
+
+    #[test]
+    fn changes_are_tracked_as_dirty_and_restore_marks_flows_unknown() {
+        let loc = Location::new();
+        loc.apply("a@h", &[BindingChange::Bind(binding("sip:x", "c", 1, 100))], 10, 0)
+            .unwrap();
+        loc.apply("b@h", &[BindingChange::Bind(binding("sip:y", "c", 1, 50))], 10, 0)
+            .unwrap();
+        let mut d = loc.take_dirty();
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].1[0].contact_uri, "sip:x");
+        assert!(loc.take_dirty().is_empty(), "taken once");
+        assert_eq!(loc.purge_expired(60), 1);
+        assert_eq!(loc.take_dirty(), vec![("b@h".to_string(), vec![])]);
+
+        let restored = Location::new();
+        let n = restored.restore(
+            [
+                ("a@h".to_string(), binding("sip:x", "c", 1, 100)),
+                ("a@h".to_string(), binding("sip:old", "c", 1, 10)),
+            ],
+            20,
+        );
+        assert_eq!(n, 1, "expired binding skipped");
+        let b = &restored.bindings("a@h", 20)[0];
+        assert_eq!((b.flow, b.flow_state), (0, FlowState::Unknown));
+        assert_eq!(restored.dirty_count(), 0);
     }
 }

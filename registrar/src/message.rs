@@ -4,6 +4,7 @@
 //! anchors §5), so the head is parsed here and rsip is used only to validate URIs.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 /// Why a request cannot be processed; the text is the reason phrase of the `400`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +79,8 @@ pub struct NameAddr {
     pub uri: String,
     /// Header parameters, names lowercased, quoted values unquoted.
     pub params: Vec<(String, Option<String>)>,
+    /// Header parameters exactly as sent (`name` or `name=value`, quotes kept).
+    pub raw_params: Vec<String>,
 }
 
 impl NameAddr {
@@ -129,6 +132,8 @@ pub struct ContactAddress {
     pub uri_key: String,
     /// All header parameters, names lowercased, quoted values unquoted.
     pub params: Vec<(String, Option<String>)>,
+    /// Header parameters exactly as sent (`name` or `name=value`, quotes kept).
+    pub raw_params: Vec<String>,
     /// `expires` parameter (saturated to `u32::MAX`).
     pub expires: Option<u32>,
     /// `q` parameter as sent.
@@ -253,8 +258,12 @@ impl Request {
         scheme_of(&self.request_uri)
     }
 
-    /// Validates the Request-URI with rsip (call after checking the scheme is `sip`/`sips`).
+    /// Validates the Request-URI with rsip (call after checking the scheme is `sip`/`sips`);
+    /// headers (`?...`) are not allowed there (RFC 3261 §19.1.5, RFC 4475 §3.1.2.11).
     pub fn check_request_uri(&self) -> Result<(), MessageError> {
+        if uri_headers_at(&self.request_uri).is_some() {
+            return Err(MessageError::Bad("Request-URI"));
+        }
         parse_sip_uri(&self.request_uri)
             .map(|_| ())
             .ok_or(MessageError::Bad("Request-URI"))
@@ -306,18 +315,186 @@ impl Request {
     }
 }
 
+impl Request {
+    /// The top `Via`'s parts, if it parses (`SIP/2.0/<transport> host[:port];params`).
+    pub fn top_via(&self) -> Option<Via> {
+        Via::parse(self.first("Via")?)
+    }
+
+    /// RFC 3261 §18.2.1 and RFC 3581 §4: records where the request really came from in the top
+    /// `Via` (`received` when the sent-by host differs from the source IP, or when `rport` is
+    /// present; an empty `rport` is filled with the source port), so responses copy it.
+    pub fn stamp_via(&mut self, remote: SocketAddr) {
+        let Some(h) = self.headers.iter_mut().find(|h| h.name == "Via") else {
+            return;
+        };
+        let Some(via) = Via::parse(&h.value) else {
+            return;
+        };
+        let ip = remote.ip().to_string();
+        let has_rport = via.params.iter().any(|(n, _)| n == "rport");
+        let needs_received = has_rport || via.host.trim_matches(['[', ']']) != ip;
+        let mut out = String::with_capacity(h.value.len() + 40);
+        out.push_str(via.head.trim_end());
+        for raw in &via.raw_params {
+            let name = raw.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            match name.as_str() {
+                "received" if needs_received => continue,
+                "rport" => {
+                    out.push_str(&format!(";rport={}", remote.port()));
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(';');
+            out.push_str(raw);
+        }
+        if needs_received {
+            out.push_str(&format!(";received={ip}"));
+        }
+        h.value = out;
+    }
+}
+
+/// The parts of one `Via` value the transport layer needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// `SIP/2.0/UDP host:port`, as sent.
+    pub head: String,
+    /// Transport token, uppercased.
+    pub transport: String,
+    /// sent-by host (IPv6 with brackets).
+    pub host: String,
+    /// sent-by port.
+    pub port: Option<u16>,
+    /// Parameters, names lowercased.
+    pub params: Vec<(String, Option<String>)>,
+    /// Parameters as sent.
+    pub raw_params: Vec<String>,
+}
+
+impl Via {
+    /// Parses one Via value; `None` if malformed.
+    pub fn parse(value: &str) -> Option<Via> {
+        let parts = split_outside_quotes(value, ';');
+        let head = parts.first()?.trim();
+        // RFC 3261 §25.1: LWS may surround the SLASHes and the COLON (RFC 4475 §3.1.1.1).
+        let mut proto = head.splitn(3, '/');
+        let (Some(name), Some(version), Some(rest)) = (proto.next(), proto.next(), proto.next())
+        else {
+            return None;
+        };
+        let rest = rest.trim_start();
+        let split_at = rest.find(char::is_whitespace)?;
+        let (transport, sent_by) = rest.split_at(split_at);
+        if !name.trim().eq_ignore_ascii_case("SIP")
+            || version.trim() != "2.0"
+            || transport.is_empty()
+            || !transport.bytes().all(is_token_char)
+        {
+            return None;
+        }
+        let sent_by: String = sent_by.chars().filter(|c| !c.is_whitespace()).collect();
+        let (host, port) = if let Some(rest) = sent_by.strip_prefix('[') {
+            let (h, after) = rest.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p.parse().ok()?),
+                None if after.is_empty() => None,
+                None => return None,
+            };
+            (format!("[{h}]"), port)
+        } else {
+            match sent_by.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p.parse().ok()?)),
+                None => (sent_by.clone(), None),
+            }
+        };
+        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)) {
+            return None;
+        }
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return None;
+        }
+        let raw_params: Vec<String> = parts[1..]
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let rest = raw_params.join(";");
+        Some(Via {
+            head: head.to_owned(),
+            transport: transport.to_ascii_uppercase(),
+            host,
+            port,
+            params: params(&rest),
+            raw_params,
+        })
+    }
+
+    /// A parameter's value (`Some(None)` when present without a value).
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// RFC 3261 §18.2.2 / RFC 3581 §4: where a response to a UDP request goes. `received` (or
+    /// the source IP) with the `rport` port when the client asked for it, else the sent-by port
+    /// (default 5060).
+    pub fn response_addr(&self, remote: SocketAddr) -> SocketAddr {
+        let ip = self
+            .param("received")
+            .flatten()
+            .and_then(|r| r.trim_matches(['[', ']']).parse().ok())
+            .unwrap_or(remote.ip());
+        let port = match self.param("rport") {
+            Some(Some(p)) => p.parse().unwrap_or(remote.port()),
+            Some(None) => remote.port(),
+            None => self.port.unwrap_or(5060),
+        };
+        SocketAddr::new(ip, port)
+    }
+}
+
+/// Whether the URI of a `Path`/`Route` value carries the `ob` parameter (RFC 5626 §5.1).
+pub fn uri_has_ob(value: &str) -> bool {
+    let Some(na) = name_addr(value) else {
+        return false;
+    };
+    na.uri
+        .split(';')
+        .skip(1)
+        .any(|p| p.split('=').next().unwrap_or("").trim().eq_ignore_ascii_case("ob"))
+}
+
 /// Parses a `sip:`/`sips:` URI with rsip; `None` for other schemes or malformed URIs.
 pub(crate) fn parse_sip_uri(uri: &str) -> Option<rsip::Uri> {
     let scheme = scheme_of(uri);
     if scheme != "sip" && scheme != "sips" {
         return None;
     }
-    let parsed = rsip::Uri::try_from(uri).ok()?;
+    // rsip does not parse URI headers (`?Route=...`); they do not affect the binding key.
+    let without_headers = uri_headers_at(uri).map_or(uri, |i| &uri[..i]);
+    let parsed = rsip::Uri::try_from(without_headers).ok()?;
     // rsip accepts a URI with an empty host; a registrar cannot use one.
     if parsed.host().to_string().is_empty() {
         return None;
     }
     Some(parsed)
+}
+
+/// Where a SIP URI's `?headers` start: the first `?` after the userinfo (a `?` may appear
+/// unescaped in the user part, RFC 4475 §3.1.1.2).
+fn uri_headers_at(uri: &str) -> Option<usize> {
+    let host_from = uri.rfind('@').unwrap_or(0);
+    uri[host_from..].find('?').map(|i| host_from + i)
+}
+
+/// The host of a `sip:`/`sips:` Request-URI, lowercased.
+pub(crate) fn request_uri_host(uri: &str) -> Option<String> {
+    parse_sip_uri(uri).map(|u| u.host().to_string().to_ascii_lowercase())
 }
 
 fn scheme_of(uri: &str) -> String {
@@ -611,19 +788,44 @@ fn name_addr(value: &str) -> Option<NameAddr> {
             _ => {}
         }
     }
+    if quoted {
+        // An unterminated quoted display name (RFC 4475 §3.1.2.6).
+        return None;
+    }
     let (uri, rest) = match lt {
         Some(i) => {
+            // RFC 3261 §25.1: the display name is tokens or a quoted string (RFC 4475
+            // §3.1.2.15: an unquoted comma is invalid); no LWS inside `<>` (§3.1.2.14).
+            let display = value[..i].trim();
+            if !display.starts_with('"')
+                && !display
+                    .bytes()
+                    .all(|b| is_token_char(b) || b == b' ' || b == b'\t')
+            {
+                return None;
+            }
             let after = &value[i + 1..];
             let gt = after.find('>')?;
-            (&after[..gt], &after[gt + 1..])
+            let uri = &after[..gt];
+            if uri != uri.trim() {
+                return None;
+            }
+            (uri, &after[gt + 1..])
         }
-        None => match value.find(';') {
-            Some(i) => (&value[..i], &value[i..]),
-            None => (value, ""),
-        },
+        None => {
+            let (uri, rest) = match value.find(';') {
+                Some(i) => (&value[..i], &value[i..]),
+                None => (value, ""),
+            };
+            // RFC 3261 §20.10: a URI with `?`, `,` or `;` must be inside `<>` (§3.1.2.13).
+            if uri.contains(['?', ',']) {
+                return None;
+            }
+            (uri, rest)
+        }
     };
     let uri = uri.trim();
-    if uri.is_empty() || !uri.contains(':') {
+    if uri.is_empty() || !uri.contains(':') || uri.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') {
         return None;
     }
     let rest = rest.trim();
@@ -634,6 +836,12 @@ fn name_addr(value: &str) -> Option<NameAddr> {
         raw: value.to_owned(),
         uri: uri.to_owned(),
         params: params(rest),
+        raw_params: split_outside_quotes(rest, ';')
+            .into_iter()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -655,17 +863,33 @@ fn contact(value: &str) -> Result<Contact, MessageError> {
         },
         None => None,
     };
+    let q = param(&na.params, "q").map(str::to_owned);
+    // RFC 3261 §20.10: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ).
+    if q.as_deref().is_some_and(|q| !is_qvalue(q)) {
+        return Err(MessageError::Bad("Contact q"));
+    }
     Ok(Contact::Address(ContactAddress {
         uri_key: uri_key(&parsed, &na.uri),
+        raw_params: na.raw_params.clone(),
         raw: na.raw.clone(),
         expires,
-        q: param(&na.params, "q").map(str::to_owned),
+        q,
         instance: param(&na.params, "+sip.instance").map(str::to_owned),
         reg_id,
         device_name: param(&na.params, DEVICE_NAME_PARAM).map(str::to_owned),
         uri: na.uri,
         params: na.params,
     }))
+}
+
+fn is_qvalue(q: &str) -> bool {
+    let (int, frac) = q.split_once('.').unwrap_or((q, ""));
+    let digits = frac.len() <= 3 && frac.bytes().all(|b| b.is_ascii_digit());
+    match int {
+        "0" => digits,
+        "1" => digits && frac.bytes().all(|b| b == b'0'),
+        _ => false,
+    }
 }
 
 /// delta-seconds; values beyond 2^32-1 saturate (RFC 3261 §20.19 treats them as 2^32-1).

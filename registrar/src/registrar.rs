@@ -1,28 +1,38 @@
-//! The registrar service: configuration, directory, token validator and location service, with
-//! the clock read once per message around the sans-IO [`process`](crate::register::process).
+//! The registrar service: configuration, directory, authenticators, location service, limits
+//! and counters, with the clock read once per message around the sans-IO
+//! [`process`](crate::register::process).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sipreg_store::Directory;
+use sipreg_store::{Directory, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::BearerValidator;
+use crate::digest::DigestAuth;
+use crate::limits::{ConnectionGate, Stats};
 use crate::location::Location;
-use crate::message::Request;
-use crate::register::{process, ConnectionFacts, RegistrarConfig};
+use crate::message::{MessageError, Request};
+use crate::persist::{self, PersistError};
+use crate::register::{process, Authenticators, ConnectionFacts, RegistrarConfig};
 use crate::response::response;
 
-/// Everything needed to answer SIP requests; shared by all connections.
+/// Everything needed to answer SIP requests; shared by all connections and listeners.
 pub struct Registrar {
     /// Settings.
     pub config: RegistrarConfig,
     /// Live directory of users, devices and cluster settings.
     pub directory: Directory,
-    /// Access-token validation.
+    /// Access-token validation (SIP OAuth port).
     pub validator: Arc<dyn BearerValidator>,
+    /// Digest nonces (legacy ports).
+    pub digest: DigestAuth,
     /// Current bindings.
     pub location: Location,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Connection caps shared by every listener.
+    pub gate: Arc<ConnectionGate>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -34,6 +44,17 @@ impl std::fmt::Debug for Registrar {
     }
 }
 
+/// What to do with one framed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Send these bytes (a response).
+    Send(Vec<u8>),
+    /// Send nothing (ACK, a response).
+    Nothing,
+    /// Garbage with nothing to address an answer to: a stream peer is broken, close it.
+    Close,
+}
+
 /// Unix seconds now; a clock before 1970 reads as 0.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -43,17 +64,27 @@ pub fn unix_now() -> i64 {
 }
 
 impl Registrar {
-    /// A registrar with an empty location service.
+    /// A registrar with an empty location service and a random Digest nonce secret.
     pub fn new(
         config: RegistrarConfig,
         directory: Directory,
         validator: Arc<dyn BearerValidator>,
     ) -> Self {
+        let stats = Arc::new(Stats::default());
+        let gate = Arc::new(ConnectionGate::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.max_tls_handshakes,
+            stats.clone(),
+        ));
         Registrar {
+            digest: DigestAuth::random(config.nonce_ttl),
             config,
             directory,
             validator,
             location: Location::new(),
+            stats,
+            gate,
         }
     }
 
@@ -65,47 +96,100 @@ impl Registrar {
 
     /// [`handle`](Self::handle) at a given time (unix seconds).
     pub fn handle_at(&self, msg: &[u8], conn: &ConnectionFacts, now: i64) -> Vec<u8> {
-        let req = match Request::parse(msg) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(remote = %conn.remote, error = %e, "malformed request");
-                // Answer with a 400 if there is anything to address it to.
-                return match Request::parse_lenient(msg) {
-                    Some(r) if !r.via().is_empty() => response(&r, 400, &e.to_string()).build(),
-                    _ => Vec::new(),
-                };
-            }
-        };
-        let dir = self.directory.snapshot();
-        match process(
-            &req,
-            conn,
-            &dir,
-            self.validator.as_ref(),
-            &self.location,
-            &self.config,
-            now,
-        ) {
-            Some(r) => {
-                tracing::debug!(remote = %conn.remote, method = %req.method, status = r.status, "answered");
-                r.bytes
-            }
-            None => Vec::new(),
+        match self.answer_at(msg, conn, now) {
+            Answer::Send(b) => b,
+            Answer::Nothing | Answer::Close => Vec::new(),
         }
     }
 
-    /// Called when a connection ends: drops its bindings if `unbind_on_close` is set.
+    /// Like [`handle_at`](Self::handle_at), but tells a stream transport to close the
+    /// connection when the message is garbage no response can be addressed to.
+    pub fn answer_at(&self, msg: &[u8], conn: &ConnectionFacts, now: i64) -> Answer {
+        let mut req = match Request::parse(msg) {
+            Ok(r) => r,
+            Err(MessageError::NotARequest) => return Answer::Nothing,
+            Err(e) => {
+                tracing::debug!(remote = %conn.remote, error = %e, "malformed request");
+                return match self.reject_with(msg, conn, &e) {
+                    Some(b) => Answer::Send(b),
+                    None => Answer::Close,
+                };
+            }
+        };
+        // RFC 3261 §18.2.1 / RFC 3581: the response carries where the request came from.
+        req.stamp_via(conn.remote);
+        let dir = self.directory.snapshot();
+        let auth = Authenticators {
+            bearer: self.validator.as_ref(),
+            digest: &self.digest,
+        };
+        match process(&req, conn, &dir, auth, &self.location, &self.config, now) {
+            Some(r) => {
+                tracing::debug!(remote = %conn.remote, method = %req.method, status = r.status, "answered");
+                self.stats.response(r.status);
+                if r.changed {
+                    self.stats.registration();
+                }
+                Answer::Send(r.bytes)
+            }
+            None => Answer::Nothing,
+        }
+    }
+
+    /// A `400` with `reason` to a message that cannot be processed, if it is a request with a
+    /// usable top Via to address it to; empty otherwise (responses, garbage).
+    pub fn reject(&self, msg: &[u8], conn: &ConnectionFacts, reason: &str) -> Vec<u8> {
+        self.error_response(msg, conn, 400, &capitalise(reason))
+            .unwrap_or_default()
+    }
+
+    fn reject_with(&self, msg: &[u8], conn: &ConnectionFacts, e: &MessageError) -> Option<Vec<u8>> {
+        match e {
+            // RFC 3261 §21.5.7 (RFC 4475 §3.1.2.16).
+            MessageError::BadVersion => self.error_response(msg, conn, 505, "Version Not Supported"),
+            e => self.error_response(msg, conn, 400, &e.to_string()),
+        }
+    }
+
+    fn error_response(&self, msg: &[u8], conn: &ConnectionFacts, status: u16, reason: &str) -> Option<Vec<u8>> {
+        // Any Via, even a malformed one, is copied back so the client can match the answer.
+        let mut r = Request::parse_lenient(msg).filter(|r| !r.via().is_empty())?;
+        r.stamp_via(conn.remote);
+        self.stats.response(status);
+        Some(response(&r, status, reason).build())
+    }
+
+    /// Called when a connection ends: its bindings are removed if `unbind_on_close` is set,
+    /// otherwise marked [`FlowState::Closed`](crate::location::FlowState::Closed).
     pub fn connection_closed(&self, conn: &ConnectionFacts) {
         if self.config.unbind_on_close {
             let n = self.location.remove_flow(conn.flow);
             if n > 0 {
                 tracing::debug!(remote = %conn.remote, bindings = n, "connection closed, bindings dropped");
             }
+        } else {
+            let n = self.location.mark_flow_closed(conn.flow);
+            if n > 0 {
+                tracing::debug!(remote = %conn.remote, bindings = n, "connection closed, bindings marked");
+            }
         }
     }
 
-    /// The expiry sweeper: purges expired bindings every second until `cancel` fires. Returns the
-    /// task's future so the server can own it (e.g. in its `JoinSet`).
+    /// Loads persisted bindings into the location service at start (call before listening);
+    /// each comes back with its remaining lifetime and an unknown flow. Returns how many.
+    pub async fn restore(&self, store: &dyn Store, now: i64) -> Result<usize, PersistError> {
+        persist::restore(store, &self.location, now).await
+    }
+
+    /// The write-behind persister: flushes changed AORs to `store` every
+    /// `config.persist_interval` until `cancel` fires, then once more. Own the future (e.g. in
+    /// the server's `JoinSet`).
+    pub async fn run_persister(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
+        persist::run(self, store, cancel).await
+    }
+
+    /// The expiry sweeper: purges expired bindings and Digest nonces every second until
+    /// `cancel` fires. Returns the task's future so the server can own it (e.g. in its `JoinSet`).
     pub async fn spawn_expiry_sweeper(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,21 +197,39 @@ impl Registrar {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {
-                    let n = self.location.purge_expired(unix_now());
+                    let now = unix_now();
+                    let n = self.location.purge_expired(now);
                     if n > 0 {
                         tracing::debug!(bindings = n, "expired bindings purged");
                     }
+                    self.digest.purge(now);
                 }
             }
         }
     }
 }
 
+/// Reason phrases are Title Case ("Body Shorter Than Content-length" reads as a phrase).
+fn capitalise(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut start = true;
+    for c in s.chars() {
+        if start {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        start = c == ' ';
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::auth::{BearerError, TokenIdentity};
-    use crate::location::{Binding, BindingChange};
+    use crate::location::{Binding, BindingChange, FlowState, Transport};
+    use crate::register::PortKind;
     use sipreg_store::SqliteStore;
 
     struct NoTokens;
@@ -155,6 +257,8 @@ mod tests {
             remote: "10.0.0.1:1".parse().unwrap(),
             local: "10.0.0.2:5090".parse().unwrap(),
             flow,
+            transport: Transport::Tls,
+            port: PortKind::SipOAuth,
         }
     }
 
@@ -173,6 +277,11 @@ mod tests {
             device: None,
             user: "u".into(),
             flow,
+            flow_state: FlowState::Open,
+            transport: Transport::Tls,
+            source: None,
+            outbound: false,
+            contact_params: vec![],
         }
     }
 
@@ -186,10 +295,11 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with(
-                "SIP/2.0 400 Unsupported SIP Version\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\n"
+                "SIP/2.0 505 Version Not Supported\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1;received=10.0.0.1\r\n"
             ),
             "{text}"
         );
+        assert_eq!(r.stats.snapshot().responses[4], 1, "the 505 is counted");
         assert!(
             r.handle(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", &facts(1))
                 .is_empty(),
@@ -210,8 +320,12 @@ mod tests {
                 .unwrap();
             r.connection_closed(&facts(8));
             assert_eq!(r.location.len(), 1, "another flow closing changes nothing");
+            assert_eq!(r.location.bindings("a@h", 0)[0].flow_state, FlowState::Open);
             r.connection_closed(&facts(9));
             assert_eq!(r.location.len(), left);
+            if !unbind {
+                assert_eq!(r.location.bindings("a@h", 0)[0].flow_state, FlowState::Closed);
+            }
         }
     }
 

@@ -169,7 +169,7 @@ async fn tls_register_challenge_success_swap_and_close() {
     let r = read_response(&mut c, &mut pending).await;
     assert!(r.starts_with("SIP/2.0 200 OK\r\n"), "{r}");
     assert!(
-        r.contains("\r\nContact: <sip:alice@127.0.0.1:5555;transport=tls>;expires=3600\r\n"),
+        r.contains("\r\nContact: <sip:alice@127.0.0.1:5555;transport=tls>;expires=3600;+u.sip!devicename.ccm.cisco.com=\"CSFalice\"\r\n"),
         "{r}"
     );
     assert!(r.contains("\r\nExpires: 3600\r\n"), "{r}");

@@ -3,18 +3,18 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde_json::{json, Value};
 use sipreg_store::{Device, Line, Store, User};
-use subtle::ConstantTimeEq;
 
+use crate::admin_auth::{audit, check_if_match, with_etag, Actor};
 use crate::live::Live;
 use crate::problem::Problem;
 
@@ -27,6 +27,10 @@ pub struct ApiState {
     pub live: Arc<Live>,
     /// SHA-256 of the admin token; compared in constant time.
     pub admin_token_sha256: [u8; 32],
+    /// What `status` reports.
+    pub status: Arc<crate::api_status::StatusInfo>,
+    /// The token service (key rotation, settings).
+    pub tokens: Arc<sipreg_tokensvc::TokenService>,
 }
 
 /// The `/api/v1` router, every route behind the admin token.
@@ -43,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/devices/{name}",
             get(get_device).delete(delete_device),
         )
+        .merge(crate::api_nodes::router())
+        .merge(crate::admin_auth::router())
+        .merge(crate::api_status::router())
+        .merge(crate::api_tokens::router())
         .route(
             "/api/v1/{*rest}",
             put(no_such_api)
@@ -50,21 +58,11 @@ pub fn router(state: ApiState) -> Router {
                 .post(no_such_api)
                 .delete(no_such_api),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::admin_auth::require_admin,
+        ))
         .with_state(state)
-}
-
-async fn require_admin(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Sha256::digest(t.trim().as_bytes()));
-    match presented {
-        Some(h) if bool::from(h.as_slice().ct_eq(&state.admin_token_sha256)) => next.run(req).await,
-        _ => Problem::unauthorized().into_response(),
-    }
 }
 
 async fn no_such_api() -> Problem {
@@ -103,21 +101,35 @@ struct OAuthMode {
     enabled: bool,
 }
 
-async fn get_oauth_mode(State(s): State<ApiState>) -> Result<Json<OAuthMode>, Problem> {
-    Ok(Json(OAuthMode {
+async fn get_oauth_mode(State(s): State<ApiState>) -> Result<Response, Problem> {
+    Ok(with_etag(OAuthMode {
         enabled: s.store.cluster_settings().await?.oauth_mode,
     }))
 }
 
 async fn put_oauth_mode(
     State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<OAuthMode>,
-) -> Result<Json<OAuthMode>, Problem> {
+) -> Result<Response, Problem> {
+    let before = OAuthMode {
+        enabled: s.store.cluster_settings().await?.oauth_mode,
+    };
+    check_if_match(&headers, &before)?;
     s.store.set_oauth_mode(body.enabled).await?;
     // Apply before answering, so the port is open (or closed) when the admin sees 200.
     s.live.apply().await?;
-    tracing::info!(enabled = body.enabled, "cluster OAuth mode changed");
-    Ok(Json(body))
+    tracing::info!(enabled = body.enabled, actor = %actor.name, "cluster OAuth mode changed");
+    audit(
+        &s,
+        &actor,
+        "PUT /api/v1/oauth-mode".into(),
+        json!(before),
+        json!(body),
+    )
+    .await;
+    Ok(with_etag(body))
 }
 
 #[derive(Deserialize)]
@@ -166,6 +178,7 @@ fn valid_id(field: &'static str, v: &str, max: usize, extra: &[char]) -> Result<
 
 async fn create_user(
     State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>), Problem> {
     valid_id("id", &body.id, 64, &['.', '_', '-', '@'])?;
@@ -187,37 +200,60 @@ async fn create_user(
     };
     s.store.create_user(&user).await?;
     s.live.apply().await?;
-    Ok((StatusCode::CREATED, Json(user.into())))
+    let view = UserView::from(user);
+    audit(
+        &s,
+        &actor,
+        format!("POST /api/v1/users/{}", view.id),
+        Value::Null,
+        json!(view),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
-async fn list_users(State(s): State<ApiState>) -> Result<Json<Vec<UserView>>, Problem> {
-    Ok(Json(
-        s.store
-            .users()
-            .await?
-            .into_iter()
-            .map(UserView::from)
-            .collect(),
-    ))
-}
-
-async fn get_user(
+async fn list_users(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<Json<UserView>, Problem> {
+    Query(page): Query<Page>,
+) -> Result<Response, Problem> {
+    let users: Vec<UserView> = s
+        .store
+        .users()
+        .await?
+        .into_iter()
+        .map(UserView::from)
+        .collect();
+    Ok(page.apply("users", users))
+}
+
+async fn get_user(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, Problem> {
     s.store
         .user(&id)
         .await?
-        .map(|u| Json(u.into()))
+        .map(|u| with_etag(UserView::from(u)))
         .ok_or_else(|| Problem::not_found(format!("user {id} not found")))
 }
 
 async fn delete_user(
     State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    let before = s.store.user(&id).await?.map(UserView::from);
+    if let Some(b) = &before {
+        check_if_match(&headers, b)?;
+    }
     s.store.delete_user(&id).await?;
     s.live.apply().await?;
+    audit(
+        &s,
+        &actor,
+        format!("DELETE /api/v1/users/{id}"),
+        json!(before),
+        Value::Null,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -244,6 +280,7 @@ struct NewDevice {
 
 async fn create_device(
     State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
     ApiJson(body): ApiJson<NewDevice>,
 ) -> Result<(StatusCode, Json<Device>), Problem> {
     valid_id("name", &body.name, 64, &['_', '-', '.'])?;
@@ -284,29 +321,90 @@ async fn create_device(
     };
     s.store.create_device(&device).await?;
     s.live.apply().await?;
+    audit(
+        &s,
+        &actor,
+        format!("POST /api/v1/devices/{}", device.name),
+        Value::Null,
+        json!(device),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(device)))
 }
 
-async fn list_devices(State(s): State<ApiState>) -> Result<Json<Vec<Device>>, Problem> {
-    Ok(Json(s.store.devices().await?))
+async fn list_devices(
+    State(s): State<ApiState>,
+    Query(page): Query<Page>,
+) -> Result<Response, Problem> {
+    Ok(page.apply("devices", s.store.devices().await?))
 }
 
 async fn get_device(
     State(s): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Device>, Problem> {
+) -> Result<Response, Problem> {
     s.store
         .device(&name)
         .await?
-        .map(Json)
+        .map(with_etag)
         .ok_or_else(|| Problem::not_found(format!("device {name} not found")))
 }
 
 async fn delete_device(
     State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    let before = s.store.device(&name).await?;
+    if let Some(b) = &before {
+        check_if_match(&headers, b)?;
+    }
     s.store.delete_device(&name).await?;
     s.live.apply().await?;
+    audit(
+        &s,
+        &actor,
+        format!("DELETE /api/v1/devices/{name}"),
+        json!(before),
+        Value::Null,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?limit=&offset=` on list endpoints; the answer stays a JSON array, with `X-Total-Count` and an
+/// RFC 8288 `Link: <...>; rel="next"` while more remain.
+#[derive(Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_page")]
+    limit: usize,
+}
+
+fn default_page() -> usize {
+    500
+}
+
+impl Page {
+    /// Slices `items` and adds the paging headers.
+    pub fn apply<T: Serialize>(&self, path: &str, items: Vec<T>) -> Response {
+        let total = items.len();
+        let limit = self.limit.clamp(1, 5000);
+        let page: Vec<T> = items.into_iter().skip(self.offset).take(limit).collect();
+        let mut resp = Json(page).into_response();
+        let h = resp.headers_mut();
+        h.insert("x-total-count", HeaderValue::from(total));
+        if self.offset + limit < total {
+            let next = format!(
+                "</api/v1/{path}?offset={}&limit={limit}>; rel=\"next\"",
+                self.offset + limit
+            );
+            if let Ok(v) = HeaderValue::from_str(&next) {
+                h.insert(header::LINK, v);
+            }
+        }
+        resp
+    }
 }

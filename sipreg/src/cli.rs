@@ -58,6 +58,16 @@ pub enum UserAction {
         /// User id.
         name: String,
     },
+    /// Revoke the user's refresh tokens (all, or one client's); the user's access tokens fail at
+    /// the registrar at once.
+    #[command(name = "revoke-tokens")]
+    RevokeTokens {
+        /// User id.
+        name: String,
+        /// Only this client's refresh tokens.
+        #[arg(long = "client")]
+        client_id: Option<String>,
+    },
 }
 
 /// `sipreg device ...`
@@ -86,14 +96,14 @@ pub enum DeviceAction {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
     json: bool,
 }
 
-enum Failure {
+pub(crate) enum Failure {
     /// The API answered with a problem.
     Api(String),
     /// The client could not do its job.
@@ -122,7 +132,7 @@ fn read_trimmed(path: &Path, fix: &str) -> Result<String, Failure> {
 }
 
 impl Client {
-    fn new(data_dir: &Path, a: ApiArgs) -> Result<Client, Failure> {
+    pub(crate) fn new(data_dir: &Path, a: ApiArgs) -> Result<Client, Failure> {
         let fix =
             "run `sipreg serve` with this --data-dir first, or pass --api-url, --token and --ca";
         let token = match a.token {
@@ -156,7 +166,7 @@ impl Client {
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -192,7 +202,7 @@ impl Client {
         )))
     }
 
-    fn print(&self, v: &Value, table: impl FnOnce(&Value)) {
+    pub(crate) fn print(&self, v: &Value, table: impl FnOnce(&Value)) {
         if self.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         } else {
@@ -201,7 +211,7 @@ impl Client {
     }
 }
 
-fn done(r: Result<(), Failure>) -> ExitCode {
+pub(crate) fn done(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.exit(),
@@ -270,6 +280,9 @@ pub async fn user(data_dir: &Path, a: ApiArgs, action: UserAction) -> ExitCode {
                         println!("{:<32} {}", u["id"].as_str().unwrap_or(""), u["created_at"]);
                     }
                 });
+            }
+            UserAction::RevokeTokens { name, client_id } => {
+                crate::cli_tokens::revoke_user_tokens(&c, &name, client_id.as_deref()).await?;
             }
             UserAction::Delete { name } => {
                 c.call(reqwest::Method::DELETE, &format!("users/{name}"), None).await?;

@@ -107,6 +107,10 @@ pub struct TokensConfig {
     pub refresh_ttl_days: i64,
     /// The `aud` the registrar accepts and the token service issues.
     pub audience: String,
+    /// Offer the password grant to clients without a browser; `false` leaves only the login page.
+    pub password_grant: bool,
+    /// Unified CM's "OAuth with Refresh Login": issue refresh tokens (rotated, reuse-detected).
+    pub refresh_login: bool,
 }
 
 impl Default for TokensConfig {
@@ -115,6 +119,8 @@ impl Default for TokensConfig {
             access_ttl_minutes: 60,
             refresh_ttl_days: 60,
             audience: "sipreg".into(),
+            password_grant: true,
+            refresh_login: true,
         }
     }
 }

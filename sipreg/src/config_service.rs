@@ -1,12 +1,15 @@
-//! Starts the device config service listeners (HTTP 6970; HTTPS 6971 and TFTP to come) for `serve`.
+//! Starts the device config service for `serve`: HTTP (`listen.config_http_port`, 6970),
+//! token-protected HTTPS (`listen.config_https_port`, 6971) and TFTP (`listen.tftp_port`, UDP 69),
+//! all serving one [`ConfigFiles`] that is re-rendered when the directory changes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use sipreg_store::Directory;
+use sipreg_tftp_config::{tftp, ConfigFiles, TokenCheck};
 use sipreg_tokensvc::AccessTokenValidator;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,14 +31,34 @@ pub struct Ctx {
     pub cancel: CancellationToken,
 }
 
-/// Binds the config service's listeners and spawns them; returns the addresses to print.
+/// The token service's validator as the config service's [`TokenCheck`]: any valid access token
+/// names its user; whether that user owns the device is the config service's decision.
+struct ValidatorCheck(AccessTokenValidator);
+
+impl TokenCheck for ValidatorCheck {
+    fn user(&self, token: &str, now: i64) -> Result<String, String> {
+        self.0
+            .validate(token, now)
+            .map(|claims| claims.sub)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Binds the config service's listeners and spawns them; returns the lines to print.
+///
+/// HTTP and HTTPS must bind or `serve` fails with a message naming the setting. TFTP (UDP 69 needs
+/// privilege) is an add-on: if it cannot bind, the server logs one warning naming the setting and runs
+/// without it.
 pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, String> {
+    let files = Arc::new(ConfigFiles::new(ctx.directory.clone()));
+    let mut lines = Vec::new();
+
     let addr = SocketAddr::new(ctx.ip, ctx.listen.config_http_port);
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         format!("cannot listen on {addr} for device config HTTP: {e}; free the port or set `listen.config_http_port`")
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = sipreg_tftp_config::router(ctx.directory.clone());
+    let app = sipreg_tftp_config::router_for(files.clone());
     let cancel = ctx.cancel.clone();
     tasks.spawn(async move {
         let r = axum::serve(listener, app)
@@ -45,7 +68,54 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, Str
             tracing::error!(error = %e, "device config HTTP server failed");
         }
     });
-    Ok(vec![format!(
-        "device config:    http://{local}/<device>.cnf.xml"
-    )])
+    lines.push(format!("device config:    http://{local}/<device>.cnf.xml"));
+
+    let addr = SocketAddr::new(ctx.ip, ctx.listen.config_https_port);
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        format!("cannot listen on {addr} for device config HTTPS: {e}; free the port or set `listen.config_https_port`")
+    })?;
+    {
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let check: Arc<dyn TokenCheck> = Arc::new(ValidatorCheck(ctx.validator));
+        let app = sipreg_tftp_config::secure_router(files.clone(), check);
+        tasks.spawn(crate::https::serve(
+            listener,
+            ctx.tls,
+            app,
+            ctx.cancel.clone(),
+        ));
+        lines.push(format!(
+            "device config:    https://{local}/<device>.cnf.xml (bearer token of the owner)"
+        ));
+    }
+
+    if ctx.listen.tftp_port == 0 {
+        lines.push("device config:    TFTP off (`listen.tftp_port` = 0)".into());
+        return Ok(lines);
+    }
+    let addr = SocketAddr::new(ctx.ip, ctx.listen.tftp_port);
+    match UdpSocket::bind(addr).await {
+        Ok(socket) => {
+            let local = socket.local_addr().map_err(|e| e.to_string())?;
+            tasks.spawn(tftp::serve(
+                socket,
+                files,
+                tftp::TftpConfig::default(),
+                ctx.cancel.clone(),
+            ));
+            lines.push(format!("device config:    tftp://{local}/<device>.cnf.xml"));
+        }
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE; grant it or set `listen.tftp_port` to a port above 1023 (0 turns TFTP off)"
+            } else {
+                "free the port or set `listen.tftp_port` (0 turns TFTP off)"
+            };
+            tracing::warn!(%addr, error = %e, "TFTP is off: cannot bind UDP {addr}: {e}; {hint}");
+            lines.push(format!(
+                "device config:    TFTP off (cannot bind UDP {addr}: {e})"
+            ));
+        }
+    }
+    Ok(lines)
 }

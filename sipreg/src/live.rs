@@ -1,7 +1,7 @@
 //! Applying changes live: every write through the API (or, later, another node) ends in [`Live::apply`],
-//! which rebuilds the directory snapshot and opens or closes listeners to match — no restart.
+//! which rebuilds the directory snapshot and opens, moves or closes listeners to match — no restart.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use sipreg_registrar::SipOAuthListener;
@@ -18,7 +18,10 @@ pub struct Live {
     directory: Directory,
     keys: Arc<KeyRing>,
     oauth_listener: Arc<SipOAuthListener>,
-    oauth_addr: SocketAddr,
+    node_name: String,
+    ip: IpAddr,
+    /// Ports this node's other listeners hold, with the config key that sets each.
+    reserved: Vec<(u16, &'static str)>,
     // One apply at a time, so listener state follows the newest snapshot.
     serial: Mutex<()>,
 }
@@ -30,33 +33,67 @@ impl Live {
         directory: Directory,
         keys: Arc<KeyRing>,
         oauth_listener: Arc<SipOAuthListener>,
-        oauth_addr: SocketAddr,
+        node_name: String,
+        ip: IpAddr,
+        reserved: Vec<(u16, &'static str)>,
     ) -> Self {
         Live {
             store,
             directory,
             keys,
             oauth_listener,
-            oauth_addr,
+            node_name,
+            ip,
+            reserved,
             serial: Mutex::new(()),
         }
     }
 
-    /// Reloads the directory and opens or closes the SIP OAuth port to match cluster OAuth mode.
+    /// The live directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// The listener (other than the OAuth ports) that holds `port` on this node, if any.
+    pub fn reserved_by(&self, port: u16) -> Option<&'static str> {
+        self.reserved
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, k)| *k)
+    }
+
+    /// Where the SIP OAuth listener should be, per the current snapshot (None = closed).
+    fn wanted_oauth_addr(&self) -> Option<SocketAddr> {
+        let snap = self.directory.snapshot();
+        if !snap.oauth_mode() {
+            return None;
+        }
+        let node = snap.nodes.iter().find(|n| n.name == self.node_name)?;
+        Some(SocketAddr::new(self.ip, node.sip_oauth_port))
+    }
+
+    /// The SIP OAuth listener's bound address, if open.
+    pub fn oauth_local_addr(&self) -> Option<SocketAddr> {
+        self.oauth_listener.local_addr()
+    }
+
+    /// Reloads the directory and opens, moves or closes the SIP OAuth port to match the store.
     pub async fn apply(&self) -> Result<(), Problem> {
         let _one = self.serial.lock().await;
         self.directory.reload(self.store.as_ref()).await?;
-        let want = self
-            .directory
-            .snapshot()
-            .oauth_mode()
-            .then_some(self.oauth_addr);
+        let want = self.wanted_oauth_addr();
         if let Err(e) = self.oauth_listener.set(want).await {
-            tracing::error!(addr = %self.oauth_addr, error = %e, "cannot open the SIP OAuth port");
-            return Err(Problem::internal(format!(
-                "cannot listen on the SIP OAuth port {}: {e}; free the port or change listen.sip_oauth_port",
-                self.oauth_addr
-            )));
+            let addr = want.map(|a| a.to_string()).unwrap_or_default();
+            tracing::error!(%addr, error = %e, "cannot open the SIP OAuth port");
+            return Err(Problem::port_unavailable(
+                "sip_oauth_port",
+                format!("cannot listen on the SIP OAuth port {addr}: {e}; choose a free port"),
+            ));
         }
         Ok(())
     }

@@ -4,10 +4,17 @@
 //! API (see [`cli`]).
 #![forbid(unsafe_code)]
 
+mod admin_auth;
 mod api;
+mod api_nodes;
+mod api_status;
+mod api_tokens;
 mod cli;
+mod cli_admin;
+mod cli_tokens;
 mod config;
 mod config_service;
+mod health;
 mod https;
 mod live;
 mod problem;
@@ -68,6 +75,44 @@ enum Command {
         api: cli::ApiArgs,
         #[command(subcommand)]
         action: cli::DeviceAction,
+    },
+    /// Nodes and their SIP OAuth ports.
+    Node {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_admin::NodeAction,
+    },
+    /// Admin API tokens.
+    Token {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_admin::TokenAction,
+    },
+    /// Node, listeners (open or closed), OAuth mode, counts and certificate expiry.
+    Status {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// OAuth clients for the authorization code flow.
+    Client {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_tokens::ClientAction,
+    },
+    /// Token signing keys: rotate without mass logout, list.
+    Keys {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_tokens::KeysAction,
+    },
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -145,6 +190,18 @@ fn main() -> ExitCode {
         }
         Command::User { api, action } => rt.block_on(cli::user(&cli.data_dir, api, action)),
         Command::Device { api, action } => rt.block_on(cli::device(&cli.data_dir, api, action)),
+        Command::Node { api, action } => rt.block_on(cli_admin::node(&cli.data_dir, api, action)),
+        Command::Token { api, action } => rt.block_on(cli_admin::token(&cli.data_dir, api, action)),
+        Command::Status { api } => rt.block_on(cli_admin::status(&cli.data_dir, api)),
+        Command::Client { api, action } => {
+            rt.block_on(cli_tokens::client(&cli.data_dir, api, action))
+        }
+        Command::Keys { api, action } => rt.block_on(cli_tokens::keys(&cli.data_dir, api, action)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "sipreg", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -152,6 +209,7 @@ fn serve_options(
     data_dir: PathBuf,
     a: ServeArgs,
 ) -> Result<serve::ServeOptions, config::ConfigError> {
+    let explicit_oauth_port = a.sip_oauth_port.is_some();
     let mut cfg = match &a.config {
         Some(p) => config::Config::from_file(p)?,
         None => config::Config::default(),
@@ -189,5 +247,6 @@ fn serve_options(
     Ok(serve::ServeOptions {
         data_dir,
         config: cfg,
+        explicit_oauth_port,
     })
 }

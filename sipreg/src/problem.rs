@@ -68,6 +68,39 @@ impl Problem {
         }
     }
 
+    /// 403 for a token that may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Problem {
+            kind: "urn:sipreg:problem:forbidden",
+            title: "Forbidden",
+            status: 403,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    /// 412 for an `If-Match` that no longer matches.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Problem {
+            kind: "urn:sipreg:problem:precondition-failed",
+            title: "Precondition failed",
+            status: 412,
+            detail: detail.into(),
+            field: Some("If-Match"),
+        }
+    }
+
+    /// 409 for a port that is taken or clashes with another listener.
+    pub fn port_unavailable(field: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: "urn:sipreg:problem:port-unavailable",
+            title: "Port unavailable",
+            status: 409,
+            detail: detail.into(),
+            field: Some(field),
+        }
+    }
+
     /// 500 that tells the operator to read the log.
     pub fn internal(detail: impl Into<String>) -> Self {
         Problem {

@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     /// The validated configuration.
     pub config: Config,
+    /// The SIP OAuth port came from the command line, so it overrides the stored node's port.
+    pub explicit_oauth_port: bool,
 }
 
 /// The scope a token needs to register.
@@ -166,8 +168,21 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     .await?;
     let https_addr = https_listener.local_addr().map_err(|e| e.to_string())?;
     let oauth_port = resolve_port(ip, cfg.listen.sip_oauth_port).map_err(|e| e.to_string())?;
-    let oauth_addr = SocketAddr::new(ip, oauth_port);
 
+    // Ports changed through the API live in the store and win over the config file on restart;
+    // a port given on the command line wins over both.
+    let stored = store
+        .nodes()
+        .await
+        .map_err(|e| format!("reading nodes: {e}"))?
+        .into_iter()
+        .find(|n| n.name == node_name);
+    let (oauth_port, mra_port) = match &stored {
+        Some(n) if !opts.explicit_oauth_port => (n.sip_oauth_port, n.sip_mra_oauth_port),
+        Some(n) => (oauth_port, n.sip_mra_oauth_port),
+        None => (oauth_port, cfg.listen.sip_mra_oauth_port),
+    };
+    let oauth_addr = SocketAddr::new(ip, oauth_port);
     store
         .upsert_node(&Node {
             name: node_name.clone(),
@@ -175,7 +190,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             sip_port: cfg.listen.sip_port,
             secured_sip_port: cfg.listen.secured_sip_port,
             sip_oauth_port: oauth_port,
-            sip_mra_oauth_port: cfg.listen.sip_mra_oauth_port,
+            sip_mra_oauth_port: mra_port,
         })
         .await
         .map_err(|e| format!("registering node: {e}"))?;
@@ -189,11 +204,19 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         audience: cfg.tokens.audience.clone(),
         access_ttl_secs: cfg.tokens.access_ttl_minutes * 60,
         refresh_ttl_secs: cfg.tokens.refresh_ttl_days * 86400,
+        password_grant: cfg.tokens.password_grant,
+        refresh_login: cfg.tokens.refresh_login,
         ..TokenConfig::default()
     };
-    let config_validator = AccessTokenValidator::new(keys.clone(), &token_cfg);
+    // Resource servers introspect with the admin token (RFC 7662 §2.1 allows a bearer token).
+    let tokens = Arc::new(
+        TokenService::new(store.clone(), keys.clone(), token_cfg)
+            .with_introspection_secret(Sha256::digest(admin.as_bytes()).into()),
+    );
+    // One validator for registrar and config service: shared cache, revocations and directory.
+    let config_validator: AccessTokenValidator = tokens.validator().clone();
+    config_validator.attach_directory(directory.clone());
     let validator = ScopedValidator(config_validator.clone());
-    let tokens = Arc::new(TokenService::new(store.clone(), keys.clone(), token_cfg));
 
     let reg_cfg = RegistrarConfig {
         realm: public_host.clone(),
@@ -213,12 +236,21 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         Arc::new(validator),
     ));
     let oauth_listener = Arc::new(SipOAuthListener::new(registrar.clone(), sip_tls.shared()));
+    let mut reserved = vec![(https_addr.port(), "listen.https_port")];
+    if cfg.listen.config_http_port != 0 {
+        reserved.push((cfg.listen.config_http_port, "listen.config_http_port"));
+    }
+    if cfg.listen.config_https_port != 0 {
+        reserved.push((cfg.listen.config_https_port, "listen.config_https_port"));
+    }
     let live = Arc::new(Live::new(
         store.clone(),
         directory.clone(),
         keys.clone(),
         oauth_listener.clone(),
-        oauth_addr,
+        node_name.clone(),
+        ip,
+        reserved,
     ));
     live.apply().await.map_err(|p| p.detail)?;
 
@@ -226,13 +258,28 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registrar.clone().spawn_expiry_sweeper(cancel.clone()));
     tasks.spawn(live.clone().follow(cancel.clone()));
+    tasks.spawn(crate::api_tokens::prune_keys(
+        tokens.clone(),
+        store.clone(),
+        cancel.clone(),
+    ));
 
     let api_state = ApiState {
         store: store.clone(),
         live: live.clone(),
         admin_token_sha256: Sha256::digest(admin.as_bytes()).into(),
+        status: Arc::new(crate::api_status::StatusInfo {
+            fixed_listeners: vec![("https (tokens, admin API)".into(), https_addr.to_string())],
+            registrar: registrar.clone(),
+            server_cert: pki.server_cert.clone(),
+        }),
+        tokens: tokens.clone(),
     };
-    let app = tokens.router().merge(api::router(api_state));
+    let app = tokens
+        .clone()
+        .router()
+        .merge(crate::health::router(api_state.clone()))
+        .merge(api::router(api_state));
     tasks.spawn(crate::https::serve(
         https_listener,
         https_tls.shared(),

@@ -74,6 +74,16 @@ CREATE TABLE bindings (
 );
 CREATE INDEX bindings_expiry ON bindings(expires_at);
 "#,
+    r#"
+CREATE TABLE admin_tokens (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    before TEXT NOT NULL, after TEXT NOT NULL
+);
+"#,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -1311,5 +1321,37 @@ mod tests {
             s.activate_signing_key("nope").await,
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn admin_tokens_and_the_audit_log_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let t = AdminToken {
+            id: "t1".into(),
+            name: "ops".into(),
+            scope: "read".into(),
+            sha256: "ab".into(),
+            created_at: 1,
+        };
+        s.create_admin_token(&t).await.unwrap();
+        assert_eq!(s.admin_tokens().await.unwrap(), vec![t]);
+        s.delete_admin_token("t1").await.unwrap();
+        assert!(matches!(s.delete_admin_token("t1").await, Err(StoreError::NotFound(_))));
+        for i in 0..3 {
+            s.append_audit(&AuditEntry {
+                id: 0,
+                at: i,
+                actor: "ops".into(),
+                action: format!("POST /x/{i}"),
+                before: serde_json::Value::Null,
+                after: serde_json::json!({"i": i}),
+            })
+            .await
+            .unwrap();
+        }
+        let page = s.audit(1, 10).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(page[1].after["i"], 2);
     }
 }

@@ -101,7 +101,21 @@ impl Server {
         s
     }
 
+    /// Ports the tests do not name explicitly: a free HTTPS config port, TFTP off (UDP 69 is shared).
+    fn default_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.extra_args.iter().any(|a| a == "--config-https-port") {
+            v.extend(["--config-https-port".to_string(), free_port().to_string()]);
+        }
+        if !self.extra_args.iter().any(|a| a == "--tftp-port") {
+            v.extend(["--tftp-port".to_string(), "0".to_string()]);
+        }
+        v
+    }
+
     async fn spawn(&mut self) {
+        // The server writes api-url once it listens; a stale one from a previous run must not count.
+        let _ = std::fs::remove_file(self.data_dir.join("api-url"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -122,6 +136,7 @@ impl Server {
             .args(["--https-port", &self.https_port.to_string()])
             .args(["--config-http-port", &self.config_port.to_string()])
             .args(["--sip-oauth-port", &self.sip_oauth_port.to_string()])
+            .args(self.default_args())
             .args(&self.extra_args)
             .env("SIPREG_LOG", "info")
             .stdin(Stdio::null())

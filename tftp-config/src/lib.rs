@@ -1,17 +1,29 @@
-//! Device configuration files (`<device>.cnf.xml`) and the HTTP service that hands them out.
+//! The device config service: the files Unified CM's TFTP service hands to SIP clients, over
+//! HTTP (6970), token-protected HTTPS (6971) and TFTP (UDP 69).
 //!
-//! [`render_device_config`] turns a [`Device`](sipreg_store::Device) and the current
-//! [`DirectorySnapshot`](sipreg_store::DirectorySnapshot) into the XML a Jabber-like client or SIP
-//! phone reads to find its nodes, ports, lines and the cluster's SIP OAuth mode. [`router`] serves
-//! those files over HTTP like Unified CM's TFTP service does on port 6970. No secret ever goes
-//! into a file: the files are fetched without authentication.
+//! - [`render_device_config`] / [`render_default_config`] turn the directory into
+//!   `<device>.cnf.xml` and `XMLDefault.cnf.xml`, following Unified CM's element order (spec §1.3).
+//! - [`ConfigFiles`] renders every file once per directory change into an immutable [`FileSet`]
+//!   (plus `ConfigFileCacheList.txt`) that all transports serve from memory.
+//! - [`router`]/[`router_for`] and [`secure_router`] are the HTTP and HTTPS faces; the latter asks a
+//!   [`TokenCheck`] for the token's user and serves a device's file only to its owner.
+//! - [`tftp`] is a read-only TFTP server whose per-transfer logic, [`tftp::Transfer`], is sans-IO.
+//!
+//! No secret ever goes into a file: the files are also fetched without authentication.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod auth;
+mod files;
 mod http;
+mod names;
 mod render;
 #[cfg(test)]
 mod test_support;
+pub mod tftp;
 
-pub use http::{router, CONTENT_TYPE};
-pub use render::{line_contact, render_device_config, RenderError};
+pub use auth::{Denied, TokenCheck};
+pub use files::{ConfigFile, ConfigFiles, FileSet, LookupError};
+pub use http::{router, router_for, secure_router, CONTENT_TYPE};
+pub use names::{device_kind, DeviceKind, CACHE_LIST, XML_DEFAULT};
+pub use render::{line_contact, render_default_config, render_device_config, RenderError};

@@ -40,6 +40,18 @@ pub fn render_device_config(device: &Device, snap: &DirectorySnapshot) -> String
 
 /// Like [`render_device_config`], reporting writer failures.
 pub(crate) fn try_render(device: &Device, snap: &DirectorySnapshot) -> Result<String, RenderError> {
+    stamped(Some(device), snap)
+}
+
+/// Renders `XMLDefault.cnf.xml`, the file a phone without a device of its own falls back to.
+///
+/// It carries the cluster's nodes, ports and OAuth mode but no lines and no user, so it says
+/// nothing about anyone.
+pub fn render_default_config(snap: &DirectorySnapshot) -> Result<String, RenderError> {
+    stamped(None, snap)
+}
+
+fn stamped(device: Option<&Device>, snap: &DirectorySnapshot) -> Result<String, RenderError> {
     // Two passes: the stamp is a hash of the file rendered with an empty stamp.
     let unstamped = write_document(device, snap, "")?;
     let stamp = uuid_like(&Sha256::digest(&unstamped));
@@ -76,8 +88,13 @@ fn uuid_like(digest: &[u8]) -> String {
 
 type W = Writer<Vec<u8>>;
 
-fn write_document(device: &Device, snap: &DirectorySnapshot, stamp: &str) -> io::Result<Vec<u8>> {
-    let oauth = snap.oauth_mode() && device.oauth;
+fn write_document(
+    device: Option<&Device>,
+    snap: &DirectorySnapshot,
+    stamp: &str,
+) -> io::Result<Vec<u8>> {
+    // Without a device (XMLDefault) the cluster setting is all there is to advertise.
+    let oauth = snap.oauth_mode() && device.is_none_or(|d| d.oauth);
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("device")
@@ -92,8 +109,10 @@ fn write_document(device: &Device, snap: &DirectorySnapshot, stamp: &str) -> io:
             text(w, "versionStamp", stamp)?;
             text(w, "deviceSecurityMode", if oauth { "3" } else { "1" })?;
             text(w, "transportLayerProtocol", if oauth { "3" } else { "4" })?;
-            text(w, "userId", &device.owner)?;
-            text(w, "ownerId", &device.owner)?;
+            if let Some(device) = device {
+                text(w, "userId", &device.owner)?;
+                text(w, "ownerId", &device.owner)?;
+            }
             Ok(())
         })?;
     Ok(w.into_inner())
@@ -135,7 +154,7 @@ fn call_manager(w: &mut W, node: &Node) -> io::Result<()> {
     Ok(())
 }
 
-fn sip_profile(w: &mut W, device: &Device, nodes: &[Node]) -> io::Result<()> {
+fn sip_profile(w: &mut W, device: Option<&Device>, nodes: &[Node]) -> io::Result<()> {
     // Lines point at "the call manager"; its legacy SIP port is the primary node's.
     let port = nodes
         .first()
@@ -155,8 +174,10 @@ fn sip_profile(w: &mut W, device: &Device, nodes: &[Node]) -> io::Result<()> {
             Ok(())
         })?;
         w.create_element("sipLines").write_inner_content(|w| {
-            for (i, line) in device.lines.iter().enumerate() {
-                sip_line(w, device, line, i + 1, &port)?;
+            if let Some(device) = device {
+                for (i, line) in device.lines.iter().enumerate() {
+                    sip_line(w, device, line, i + 1, &port)?;
+                }
             }
             Ok(())
         })?;

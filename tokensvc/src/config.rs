@@ -15,6 +15,15 @@ pub struct TokenConfig {
     pub leeway_secs: u64,
     /// Scope granted when a client asks for none.
     pub default_scope: String,
+    /// Whether the resource-owner password grant is offered (clients without a browser).
+    pub password_grant: bool,
+    /// Unified CM's "OAuth with Refresh Login": when off, no refresh tokens are issued and the
+    /// refresh grant is refused; every access token then needs a new login.
+    pub refresh_login: bool,
+    /// Lifetime of an authorization code, seconds (RFC 6749 §4.1.2 recommends at most 10 minutes).
+    pub auth_code_ttl_secs: i64,
+    /// How long a login page stays usable, seconds.
+    pub login_page_ttl_secs: i64,
 }
 
 impl Default for TokenConfig {
@@ -26,6 +35,18 @@ impl Default for TokenConfig {
             refresh_ttl_secs: 60 * 24 * 3600,
             leeway_secs: 30,
             default_scope: "sip:register".into(),
+            password_grant: true,
+            refresh_login: true,
+            auth_code_ttl_secs: 60,
+            login_page_ttl_secs: 600,
         }
+    }
+}
+
+impl TokenConfig {
+    /// How long a retired signing key must stay published: until the last token it signed expires.
+    pub fn key_retention_secs(&self) -> i64 {
+        self.access_ttl_secs
+            .saturating_add(i64::try_from(self.leeway_secs).unwrap_or(i64::MAX))
     }
 }

@@ -1,39 +1,30 @@
-//! The OAuth 2.0 grants of the token endpoint: resource-owner password (RFC 6749 §4.3) and
-//! refresh token (§6) with rotation, for the fixed set of public clients sipreg knows.
+//! The OAuth 2.0 grants of the token endpoint: authorization code with PKCE (RFC 6749 §4.1,
+//! RFC 7636), resource-owner password (§4.3, can be switched off) and refresh token (§6) with
+//! rotation and reuse detection (RFC 9700 §4.14.2: a refresh token presented twice revokes its
+//! whole family).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sipreg_store::{RefreshToken, Store};
+use sipreg_store::{RefreshToken, RefreshUse, Store};
 
+use crate::clients::{self, Client};
+use crate::codes::{Codes, Redeem};
 use crate::issue::sign_access_token;
 use crate::password::verify_login;
-use crate::{KeyRing, TokenConfig, TokenError};
-
-/// The public client id of sipreg's soft clients (client ids are fixed, as in Unified CM).
-pub const DEFAULT_CLIENT_ID: &str = "softphone";
+use crate::pkce;
+use crate::throttle::Throttle;
+use crate::{AccessTokenValidator, KeyRing, TokenConfig, TokenError};
 
 /// Longest refresh token we bother to hash; ours are 43 characters.
 const MAX_REFRESH_TOKEN_LEN: usize = 512;
-
-/// A registered OAuth client and the scope tokens it may obtain.
-struct Client {
-    id: &'static str,
-    scopes: &'static [&'static str],
-}
-
-const CLIENTS: &[Client] = &[Client {
-    id: DEFAULT_CLIENT_ID,
-    scopes: &["sip:register"],
-}];
-
-fn client(id: &str) -> Option<&'static Client> {
-    CLIENTS.iter().find(|c| c.id == id)
-}
+/// Longest authorization code we bother to hash; ours are 43 characters.
+const MAX_CODE_LEN: usize = 512;
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Clone, PartialEq, Eq, Serialize)]
@@ -44,8 +35,10 @@ pub struct TokenResponse {
     pub token_type: String,
     /// Access-token lifetime in seconds.
     pub expires_in: i64,
-    /// The new opaque refresh token; the one presented (if any) no longer works.
-    pub refresh_token: String,
+    /// The new opaque refresh token (absent when refresh logins are off); the one presented, if
+    /// any, no longer works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// Granted scope, space-delimited.
     pub scope: String,
 }
@@ -70,15 +63,18 @@ pub enum GrantError {
     /// The client is unknown (401).
     #[error("unknown client")]
     InvalidClient,
-    /// Wrong credentials or an invalid, expired or reused refresh token (400).
+    /// Wrong credentials or an invalid, expired or reused grant (400).
     #[error("{0}")]
     InvalidGrant(&'static str),
-    /// The grant type is not supported (400).
+    /// The grant type is not supported or switched off (400).
     #[error("grant type not supported")]
     UnsupportedGrantType,
     /// The requested scope exceeds what the client or the original grant allows (400).
     #[error("requested scope is not allowed")]
     InvalidScope,
+    /// Too many failed password checks for this name or address: wait this many seconds (429).
+    #[error("too many failed attempts; retry later")]
+    TooManyAttempts(i64),
     /// The service failed; details are logged, not sent (500).
     #[error("internal error")]
     Server(#[from] TokenError),
@@ -90,7 +86,7 @@ impl GrantError {
         match self {
             GrantError::InvalidRequest(_) => "invalid_request",
             GrantError::InvalidClient => "invalid_client",
-            GrantError::InvalidGrant(_) => "invalid_grant",
+            GrantError::InvalidGrant(_) | GrantError::TooManyAttempts(_) => "invalid_grant",
             GrantError::UnsupportedGrantType => "unsupported_grant_type",
             GrantError::InvalidScope => "invalid_scope",
             GrantError::Server(_) => "server_error",
@@ -98,22 +94,52 @@ impl GrantError {
     }
 }
 
+impl From<sipreg_store::StoreError> for GrantError {
+    fn from(e: sipreg_store::StoreError) -> Self {
+        GrantError::Server(TokenError::Store(e))
+    }
+}
+
 /// The same answer for an unknown user and a wrong password, so usernames cannot be probed.
 const BAD_CREDENTIALS: &str = "invalid username or password";
 const BAD_REFRESH_TOKEN: &str = "invalid or expired refresh token";
+const BAD_CODE: &str = "invalid, expired or used authorization code";
 
 /// Issues tokens: the grants, the access-token signer and (in `http`) the HTTP endpoints.
 pub struct TokenService {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: Arc<KeyRing>,
-    cfg: TokenConfig,
+    pub(crate) cfg: TokenConfig,
+    pub(crate) validator: AccessTokenValidator,
+    pub(crate) codes: Codes,
+    pub(crate) throttle: Throttle,
+    pub(crate) logins: crate::authorize::PendingLogins,
+    /// SHA-256 of each bearer secret allowed to call the introspection endpoint.
+    pub(crate) introspection_secrets: Vec<[u8; 32]>,
 }
 
 impl TokenService {
     /// A service issuing with `keys` and remembering refresh tokens in `store`.
     pub fn new(store: Arc<dyn Store>, keys: Arc<KeyRing>, cfg: TokenConfig) -> Self {
         crate::ensure_crypto_provider();
-        Self { store, keys, cfg }
+        let validator = AccessTokenValidator::new(keys.clone(), &cfg);
+        Self {
+            store,
+            keys,
+            cfg,
+            validator,
+            codes: Codes::default(),
+            throttle: Throttle::default(),
+            logins: Default::default(),
+            introspection_secrets: Vec::new(),
+        }
+    }
+
+    /// Lets a resource server authenticate to `POST /oauth/introspect` with
+    /// `Authorization: Bearer <secret>`, given the SHA-256 of the secret (e.g. the admin token).
+    pub fn with_introspection_secret(mut self, sha256: [u8; 32]) -> Self {
+        self.introspection_secrets.push(sha256);
+        self
     }
 
     /// The settings this service issues with.
@@ -121,9 +147,15 @@ impl TokenService {
         &self.cfg
     }
 
-    /// The key ring this service signs with (share it with the [`AccessTokenValidator`](crate::AccessTokenValidator)).
+    /// The key ring this service signs with.
     pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys
+    }
+
+    /// The validator for resource servers; it shares this service's keys, cache and revocations
+    /// (clone it for the registrar, attach the directory for the per-user checks).
+    pub fn validator(&self) -> &AccessTokenValidator {
+        &self.validator
     }
 
     /// Signs an access token for `user` and `client_id` with the given scope, valid from `now`.
@@ -137,6 +169,39 @@ impl TokenService {
         sign_access_token(&self.keys, &self.cfg, user, client_id, scope, now)
     }
 
+    pub(crate) async fn client(&self, id: &str) -> Result<Client, GrantError> {
+        clients::resolve(self.store.as_ref(), id)
+            .await?
+            .ok_or(GrantError::InvalidClient)
+    }
+
+    /// Checks a user's password behind the brute-force throttle; `Ok(false)` for a wrong one.
+    pub(crate) async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+        addr: Option<IpAddr>,
+        now: i64,
+    ) -> Result<bool, GrantError> {
+        self.throttle
+            .check(username, addr, now)
+            .map_err(GrantError::TooManyAttempts)?;
+        let stored_phc = self.store.user(username).await?.map(|u| u.password_hash);
+        let password = password.to_owned();
+        // Argon2 takes tens of milliseconds of CPU; keep it off the async workers.
+        let ok =
+            tokio::task::spawn_blocking(move || verify_login(stored_phc.as_deref(), &password))
+                .await
+                .map_err(|_| TokenError::Task)?;
+        if ok {
+            self.throttle.succeeded(username);
+        } else {
+            self.throttle.failed(username, addr, now);
+            tracing::info!(user = username, addr = ?addr, "failed password check");
+        }
+        Ok(ok)
+    }
+
     /// RFC 6749 §4.3: exchanges a username and password for an access and a refresh token.
     pub async fn password_grant(
         &self,
@@ -144,30 +209,79 @@ impl TokenService {
         password: &str,
         client_id: &str,
         scope: Option<&str>,
+        addr: Option<IpAddr>,
         now: i64,
     ) -> Result<TokenResponse, GrantError> {
-        let client = client(client_id).ok_or(GrantError::InvalidClient)?;
-        let scope = requested_scope(scope, &self.cfg.default_scope, client.scopes)?;
-        let user = self.store.user(username).await.map_err(TokenError::from)?;
-        let stored_phc = user.map(|u| u.password_hash);
-        let password = password.to_owned();
-        // Argon2 takes tens of milliseconds of CPU; keep it off the async workers.
-        let ok =
-            tokio::task::spawn_blocking(move || verify_login(stored_phc.as_deref(), &password))
-                .await
-                .map_err(|_| TokenError::Task)?;
-        if !ok {
+        if !self.cfg.password_grant {
+            return Err(GrantError::UnsupportedGrantType);
+        }
+        let client = self.client(client_id).await?;
+        let scope = requested_scope(scope, &self.cfg.default_scope, &client.allowed_scopes())?;
+        if !self.check_password(username, password, addr, now).await? {
             return Err(GrantError::InvalidGrant(BAD_CREDENTIALS));
         }
-        let refresh_expires_at = now.saturating_add(self.cfg.refresh_ttl_secs);
-        self.issue_pair(username, client.id, &scope, now, refresh_expires_at)
+        let family = new_family();
+        self.issue_pair(username, &client.id, &scope, now, &family, None)
+            .await
+    }
+
+    /// RFC 6749 §4.1.3 with RFC 7636 §4.6: exchanges an authorization code and its PKCE verifier.
+    pub async fn authorization_code_grant(
+        &self,
+        code: &str,
+        redirect_uri: Option<&str>,
+        client_id: &str,
+        code_verifier: &str,
+        now: i64,
+    ) -> Result<TokenResponse, GrantError> {
+        let client = self.client(client_id).await?;
+        if code.len() > MAX_CODE_LEN {
+            return Err(GrantError::InvalidGrant(BAD_CODE));
+        }
+        let grant = match self.codes.redeem(code, now) {
+            Redeem::Fresh(g) => g,
+            Redeem::Replayed(family) => {
+                // §4.1.2: the code leaked; whatever its first use obtained must die too.
+                if !family.is_empty() {
+                    let n = self.store.revoke_refresh_family(&family).await?;
+                    tracing::warn!(
+                        family,
+                        revoked = n,
+                        "authorization code replayed; family revoked"
+                    );
+                }
+                return Err(GrantError::InvalidGrant(BAD_CODE));
+            }
+            Redeem::Unknown => return Err(GrantError::InvalidGrant(BAD_CODE)),
+        };
+        // The code is spent whatever happens next, so a wrong verifier cannot be retried.
+        if grant.client_id != client.id {
+            return Err(GrantError::InvalidGrant(BAD_CODE));
+        }
+        // §4.1.3: redirect_uri must be identical to the one of the authorization request.
+        if redirect_uri != Some(grant.redirect_uri.as_str()) {
+            return Err(GrantError::InvalidGrant(
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        if !pkce::verify_s256(code_verifier, &grant.code_challenge) {
+            return Err(GrantError::InvalidGrant("code_verifier does not match"));
+        }
+        if self.store.user(&grant.user).await?.is_none() {
+            return Err(GrantError::InvalidGrant(BAD_CODE));
+        }
+        let family = new_family();
+        self.codes.set_family(code, &family);
+        self.issue_pair(&grant.user, &client.id, &grant.scope, now, &family, None)
             .await
     }
 
     /// RFC 6749 §6: exchanges a refresh token for new tokens; the presented one is consumed.
     ///
     /// The new refresh token keeps the original expiry, so a login lasts `refresh_ttl_secs` at
-    /// most (as Unified CM's refresh-token timer) however often it is rotated.
+    /// most (as Unified CM's refresh-token timer) however often it is rotated. Presenting a used
+    /// token again revokes every token of its family: either the client or an attacker holds a
+    /// stolen copy, and we cannot tell which.
     pub async fn refresh_grant(
         &self,
         refresh_token: &str,
@@ -175,34 +289,66 @@ impl TokenService {
         scope: Option<&str>,
         now: i64,
     ) -> Result<TokenResponse, GrantError> {
-        let client = client(client_id).ok_or(GrantError::InvalidClient)?;
+        if !self.cfg.refresh_login {
+            return Err(GrantError::UnsupportedGrantType);
+        }
+        let client = self.client(client_id).await?;
         if refresh_token.is_empty() || refresh_token.len() > MAX_REFRESH_TOKEN_LEN {
             return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
         }
-        // Taken atomically: of two concurrent uses exactly one wins, and the old token is dead.
-        let stored = self
+        let stored = match self
             .store
-            .take_refresh_token(&refresh_token_hash(refresh_token), now)
-            .await
-            .map_err(TokenError::from)?
-            .ok_or(GrantError::InvalidGrant(BAD_REFRESH_TOKEN))?;
-        // A token shown by another client is treated as leaked: it stays consumed (RFC 6749 §10.4).
+            .use_refresh_token(&refresh_token_hash(refresh_token), now)
+            .await?
+        {
+            RefreshUse::Fresh(t) => t,
+            RefreshUse::Reused(t) => {
+                self.revoke_family(&t, "refresh token reused").await?;
+                return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
+            }
+            RefreshUse::Unknown => return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN)),
+        };
+        // A token shown by another client is treated as leaked (RFC 6749 §10.4).
         if stored.client_id != client.id {
+            self.revoke_family(&stored, "refresh token presented by another client")
+                .await?;
             return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
         }
-        if self
-            .store
-            .user(&stored.user_id)
-            .await
-            .map_err(TokenError::from)?
-            .is_none()
-        {
+        if self.store.user(&stored.user_id).await?.is_none() {
             return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
         }
         let original: Vec<&str> = scope_tokens(&stored.scope).collect();
         let scope = requested_scope(scope, &stored.scope, &original)?;
-        self.issue_pair(&stored.user_id, client.id, &scope, now, stored.expires_at)
-            .await
+        // Rows from before families existed have none: give their successors a fresh one.
+        let family = if stored.family.is_empty() {
+            new_family()
+        } else {
+            stored.family.clone()
+        };
+        self.issue_pair(
+            &stored.user_id,
+            &client.id,
+            &scope,
+            now,
+            &family,
+            Some(stored.expires_at),
+        )
+        .await
+    }
+
+    /// Revokes the family of `token` (every refresh token of one login).
+    pub(crate) async fn revoke_family(
+        &self,
+        token: &RefreshToken,
+        why: &str,
+    ) -> Result<(), GrantError> {
+        // An empty family would match every pre-family row; the token itself is already used.
+        if token.family.is_empty() {
+            return Ok(());
+        }
+        let n = self.store.revoke_refresh_family(&token.family).await?;
+        tracing::warn!(user = %token.user_id, client_id = %token.client_id, revoked = n, "{why}; token family revoked");
+        Ok(())
     }
 
     async fn issue_pair(
@@ -211,23 +357,27 @@ impl TokenService {
         client_id: &str,
         scope: &str,
         now: i64,
-        refresh_expires_at: i64,
+        family: &str,
+        refresh_expires_at: Option<i64>,
     ) -> Result<TokenResponse, GrantError> {
         let access_token = self.issue_access_token(user, client_id, scope, now)?;
-        let refresh_token = new_refresh_token();
-        let record = RefreshToken {
-            hash: refresh_token_hash(&refresh_token),
-            user_id: user.to_owned(),
-            client_id: client_id.to_owned(),
-            scope: scope.to_owned(),
-            issued_at: now,
-            expires_at: refresh_expires_at,
-            family: String::new(),
+        let refresh_token = if self.cfg.refresh_login {
+            let token = new_opaque_token();
+            let record = RefreshToken {
+                hash: refresh_token_hash(&token),
+                user_id: user.to_owned(),
+                client_id: client_id.to_owned(),
+                scope: scope.to_owned(),
+                issued_at: now,
+                expires_at: refresh_expires_at
+                    .unwrap_or_else(|| now.saturating_add(self.cfg.refresh_ttl_secs)),
+                family: family.to_owned(),
+            };
+            self.store.insert_refresh_token(&record).await?;
+            Some(token)
+        } else {
+            None
         };
-        self.store
-            .insert_refresh_token(&record)
-            .await
-            .map_err(TokenError::from)?;
         tracing::info!(user, client_id, scope, "issued tokens");
         Ok(TokenResponse {
             access_token,
@@ -241,7 +391,7 @@ impl TokenService {
 
 /// Resolves the requested scope (or `default` when none is asked for) against what is allowed,
 /// returning it normalised: single spaces, no duplicates, request order.
-fn requested_scope(
+pub(crate) fn requested_scope(
     requested: Option<&str>,
     default: &str,
     allowed: &[&str],
@@ -269,9 +419,13 @@ fn scope_tokens(scope: &str) -> impl Iterator<Item = &str> {
 }
 
 /// 32 random bytes, base64url: opaque to clients and unguessable.
-fn new_refresh_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    URL_SAFE_NO_PAD.encode(bytes)
+pub(crate) fn new_opaque_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+/// A new refresh-token family id: one per login.
+fn new_family() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// What the store keeps instead of the token: its hex SHA-256.
@@ -307,8 +461,8 @@ pub(crate) mod tests {
         store.create_user(&user).await.unwrap();
         let keys = KeyRing::load_or_create(store.as_ref(), 1).await.unwrap();
         let cfg = TokenConfig::default();
-        let validator = AccessTokenValidator::new(keys.clone(), &cfg);
         let service = Arc::new(TokenService::new(store.clone(), keys, cfg));
+        let validator = service.validator().clone();
         Fixture {
             _dir: dir,
             store,
@@ -322,7 +476,7 @@ pub(crate) mod tests {
         let f = fixture().await;
         let resp = f
             .service
-            .password_grant("jdoe", "secret", "softphone", None, NOW)
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
             .await
             .unwrap();
         assert_eq!(resp.token_type, "Bearer");
@@ -334,20 +488,26 @@ pub(crate) mod tests {
             ("jdoe", "softphone")
         );
         assert_eq!(
-            URL_SAFE_NO_PAD.decode(&resp.refresh_token).unwrap().len(),
+            URL_SAFE_NO_PAD
+                .decode(resp.refresh_token.as_ref().unwrap())
+                .unwrap()
+                .len(),
             32
         );
         // Only the hash is stored: the token itself is not a key, its SHA-256 is.
         assert_eq!(
             f.store
-                .take_refresh_token(&resp.refresh_token, NOW)
+                .take_refresh_token(resp.refresh_token.as_ref().unwrap(), NOW)
                 .await
                 .unwrap(),
             None
         );
         let stored = f
             .store
-            .take_refresh_token(&refresh_token_hash(&resp.refresh_token), NOW)
+            .take_refresh_token(
+                &refresh_token_hash(resp.refresh_token.as_ref().unwrap()),
+                NOW,
+            )
             .await
             .unwrap()
             .unwrap();
@@ -361,12 +521,12 @@ pub(crate) mod tests {
         let f = fixture().await;
         let wrong = f
             .service
-            .password_grant("jdoe", "guess", "softphone", None, NOW)
+            .password_grant("jdoe", "guess", "softphone", None, None, NOW)
             .await
             .unwrap_err();
         let unknown = f
             .service
-            .password_grant("nobody", "guess", "softphone", None, NOW)
+            .password_grant("nobody", "guess", "softphone", None, None, NOW)
             .await
             .unwrap_err();
         assert!(matches!(wrong, GrantError::InvalidGrant(_)));
@@ -379,13 +539,13 @@ pub(crate) mod tests {
         let f = fixture().await;
         let e = f
             .service
-            .password_grant("jdoe", "secret", "evil", None, NOW)
+            .password_grant("jdoe", "secret", "evil", None, None, NOW)
             .await
             .unwrap_err();
         assert!(matches!(e, GrantError::InvalidClient));
         let e = f
             .service
-            .password_grant("jdoe", "secret", "softphone", Some("admin"), NOW)
+            .password_grant("jdoe", "secret", "softphone", Some("admin"), None, NOW)
             .await
             .unwrap_err();
         assert!(matches!(e, GrantError::InvalidScope));
@@ -394,6 +554,7 @@ pub(crate) mod tests {
             "secret",
             "softphone",
             Some("sip:register sip:register"),
+            None,
             NOW,
         );
         assert_eq!(ok.await.unwrap().scope, "sip:register");
@@ -404,12 +565,17 @@ pub(crate) mod tests {
         let f = fixture().await;
         let first = f
             .service
-            .password_grant("jdoe", "secret", "softphone", None, NOW)
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
             .await
             .unwrap();
         let second = f
             .service
-            .refresh_grant(&first.refresh_token, "softphone", None, NOW + 100)
+            .refresh_grant(
+                first.refresh_token.as_ref().unwrap(),
+                "softphone",
+                None,
+                NOW + 100,
+            )
             .await
             .unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);
@@ -420,15 +586,28 @@ pub(crate) mod tests {
         assert_eq!((claims.sub.as_str(), claims.iat), ("jdoe", NOW + 100));
         let reused = f
             .service
-            .refresh_grant(&first.refresh_token, "softphone", None, NOW + 200)
+            .refresh_grant(
+                first.refresh_token.as_ref().unwrap(),
+                "softphone",
+                None,
+                NOW + 200,
+            )
             .await
             .unwrap_err();
         assert!(matches!(reused, GrantError::InvalidGrant(_)));
         let third = f
             .service
-            .refresh_grant(&second.refresh_token, "softphone", None, NOW + 300)
+            .refresh_grant(
+                second.refresh_token.as_ref().unwrap(),
+                "softphone",
+                None,
+                NOW + 300,
+            )
             .await;
-        assert!(third.is_ok(), "the rotated token works once");
+        assert!(
+            matches!(third, Err(GrantError::InvalidGrant(_))),
+            "the reuse revoked the whole family, the rotated token included"
+        );
     }
 
     #[tokio::test]
@@ -437,17 +616,27 @@ pub(crate) mod tests {
         let ttl = f.service.config().refresh_ttl_secs;
         let first = f
             .service
-            .password_grant("jdoe", "secret", "softphone", None, NOW)
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
             .await
             .unwrap();
         let second = f
             .service
-            .refresh_grant(&first.refresh_token, "softphone", None, NOW + ttl - 10)
+            .refresh_grant(
+                first.refresh_token.as_ref().unwrap(),
+                "softphone",
+                None,
+                NOW + ttl - 10,
+            )
             .await
             .unwrap();
         let late = f
             .service
-            .refresh_grant(&second.refresh_token, "softphone", None, NOW + ttl)
+            .refresh_grant(
+                second.refresh_token.as_ref().unwrap(),
+                "softphone",
+                None,
+                NOW + ttl,
+            )
             .await
             .unwrap_err();
         assert!(
@@ -499,13 +688,13 @@ pub(crate) mod tests {
 
         let resp = f
             .service
-            .password_grant("jdoe", "secret", "softphone", None, NOW)
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
             .await
             .unwrap();
         f.store.delete_user("jdoe").await.unwrap();
         let e = f
             .service
-            .refresh_grant(&resp.refresh_token, "softphone", None, NOW)
+            .refresh_grant(resp.refresh_token.as_ref().unwrap(), "softphone", None, NOW)
             .await
             .unwrap_err();
         assert!(matches!(e, GrantError::InvalidGrant(_)));
@@ -516,11 +705,11 @@ pub(crate) mod tests {
         let f = fixture().await;
         let first = f
             .service
-            .password_grant("jdoe", "secret", "softphone", None, NOW)
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
             .await
             .unwrap();
         let e = f.service.refresh_grant(
-            &first.refresh_token,
+            first.refresh_token.as_ref().unwrap(),
             "softphone",
             Some("sip:register admin"),
             NOW,
@@ -549,7 +738,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_hashed_as_hex_sha256() {
-        let (a, b) = (new_refresh_token(), new_refresh_token());
+        let (a, b) = (new_opaque_token(), new_opaque_token());
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
         assert_eq!(
@@ -564,10 +753,187 @@ pub(crate) mod tests {
             access_token: "AT-SECRET".into(),
             token_type: "Bearer".into(),
             expires_in: 1,
-            refresh_token: "RT-SECRET".into(),
+            refresh_token: Some("RT-SECRET".into()),
             scope: "s".into(),
         };
         let shown = format!("{r:?}");
         assert!(!shown.contains("SECRET"), "{shown}");
+    }
+
+    async fn login_code(f: &Fixture, verifier: &str, now: i64) -> String {
+        use crate::codes::CodeGrant;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        f.service.codes.issue(
+            CodeGrant {
+                client_id: "softphone".into(),
+                redirect_uri: "http://127.0.0.1:9/cb".into(),
+                user: "jdoe".into(),
+                scope: "sip:register".into(),
+                code_challenge: B64.encode(Sha256::digest(verifier.as_bytes())),
+                expires_at: now + 60,
+            },
+            now,
+        )
+    }
+
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const REDIRECT: Option<&str> = Some("http://127.0.0.1:9/cb");
+
+    #[tokio::test]
+    async fn an_authorization_code_with_the_right_verifier_yields_tokens_once() {
+        let f = fixture().await;
+        let code = login_code(&f, VERIFIER, NOW).await;
+        let resp = f
+            .service
+            .authorization_code_grant(&code, REDIRECT, "softphone", VERIFIER, NOW + 1)
+            .await
+            .unwrap();
+        let claims = f.validator.validate(&resp.access_token, NOW + 1).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.scope.as_str()),
+            ("jdoe", "sip:register")
+        );
+        let refresh = resp.refresh_token.clone().unwrap();
+
+        // The replay fails and takes the refresh token obtained by the first use with it.
+        let replay = f
+            .service
+            .authorization_code_grant(&code, REDIRECT, "softphone", VERIFIER, NOW + 2)
+            .await
+            .unwrap_err();
+        assert!(matches!(replay, GrantError::InvalidGrant(_)));
+        let refreshed = f
+            .service
+            .refresh_grant(&refresh, "softphone", None, NOW + 3)
+            .await;
+        assert!(matches!(refreshed, Err(GrantError::InvalidGrant(_))));
+    }
+
+    #[tokio::test]
+    async fn a_code_fails_with_a_wrong_verifier_redirect_or_client_and_is_spent() {
+        let f = fixture().await;
+        let cases: [(Option<&str>, &str, &str); 4] = [
+            (REDIRECT, "softphone", &"x".repeat(43)),
+            (Some("http://127.0.0.1:9/other"), "softphone", VERIFIER),
+            (None, "softphone", VERIFIER),
+            (REDIRECT, "softphone", "short"),
+        ];
+        for (redirect, client, verifier) in cases {
+            let code = login_code(&f, VERIFIER, NOW).await;
+            let e = f
+                .service
+                .authorization_code_grant(&code, redirect, client, verifier, NOW)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, GrantError::InvalidGrant(_)),
+                "{redirect:?} {verifier}"
+            );
+            let again = f
+                .service
+                .authorization_code_grant(&code, REDIRECT, "softphone", VERIFIER, NOW)
+                .await;
+            assert!(again.is_err(), "a failed attempt spends the code");
+        }
+        let code = login_code(&f, VERIFIER, NOW).await;
+        let e = f
+            .service
+            .authorization_code_grant(&code, REDIRECT, "evil", VERIFIER, NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GrantError::InvalidClient));
+        let e = f
+            .service
+            .authorization_code_grant(&code, REDIRECT, "softphone", VERIFIER, NOW + 61)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GrantError::InvalidGrant(_)), "expired");
+    }
+
+    async fn fixture_with(cfg: TokenConfig) -> Fixture {
+        let f = fixture().await;
+        let service = Arc::new(TokenService::new(
+            f.store.clone(),
+            f.service.keys().clone(),
+            cfg,
+        ));
+        Fixture {
+            validator: service.validator().clone(),
+            service,
+            ..f
+        }
+    }
+
+    #[tokio::test]
+    async fn the_password_grant_can_be_switched_off() {
+        let f = fixture_with(TokenConfig {
+            password_grant: false,
+            ..TokenConfig::default()
+        })
+        .await;
+        let e = f
+            .service
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GrantError::UnsupportedGrantType));
+    }
+
+    #[tokio::test]
+    async fn without_refresh_logins_no_refresh_token_is_issued() {
+        let f = fixture_with(TokenConfig {
+            refresh_login: false,
+            ..TokenConfig::default()
+        })
+        .await;
+        let resp = f
+            .service
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
+            .await
+            .unwrap();
+        assert_eq!(resp.refresh_token, None);
+        assert!(!serde_json::to_string(&resp)
+            .unwrap()
+            .contains("refresh_token"));
+        let e = f
+            .service
+            .refresh_grant("anything", "softphone", None, NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GrantError::UnsupportedGrantType));
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_are_throttled_alike_for_real_and_unknown_names() {
+        let f = fixture().await;
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for name in ["jdoe", "ghost"] {
+            for _ in 0..5 {
+                let e = f
+                    .service
+                    .password_grant(name, "wrong", "softphone", None, Some(ip), NOW)
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e, GrantError::InvalidGrant(_)));
+            }
+            let e = f
+                .service
+                .password_grant(name, "wrong", "softphone", None, Some(ip), NOW)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, GrantError::InvalidGrant(_)));
+            // Now even the right password must wait: the answer does not depend on it.
+            let e = f
+                .service
+                .password_grant(name, "secret", "softphone", None, Some(ip), NOW)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, GrantError::TooManyAttempts(1)), "{name}: {e:?}");
+        }
+        assert!(f
+            .service
+            .password_grant("jdoe", "secret", "softphone", None, Some(ip), NOW + 2)
+            .await
+            .is_ok());
     }
 }

@@ -1,5 +1,9 @@
 //! ES256 signing keys: generated once, kept in the store, held in memory as an immutable set that
 //! a reload swaps atomically, so validating a token never takes a lock or parses a key.
+//!
+//! Rotation without mass logout: a new key becomes the signing key, the previous ones stay
+//! published ("retiring") until the last token they signed has expired, then they are pruned.
+//! For a compromised key, `revoke_previous` drops every other key at once.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sipreg_store::{SigningKey, Store};
@@ -225,6 +230,119 @@ fn public_jwk(key: &SigningKey) -> Value {
     })
 }
 
+/// Where a key stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Signs new tokens.
+    Active,
+    /// Signs nothing, still verifies the tokens it signed until `retire_at`.
+    Retiring,
+    /// Every token it signed has expired; the next prune deletes it.
+    Expired,
+}
+
+/// A signing key as `keys list` shows it; no private part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// Key id (RFC 7638 thumbprint).
+    pub kid: String,
+    /// JWS algorithm.
+    pub alg: String,
+    /// Its state at the time of listing.
+    pub state: KeyState,
+    /// Unix seconds of creation.
+    pub created_at: i64,
+    /// For a retired key: when the last token it may have signed expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<i64>,
+}
+
+/// The keys with their states at `now`, newest first.
+///
+/// A retired key stopped signing no later than the active key's creation, so its tokens are all
+/// expired by then plus `retention_secs` (access-token lifetime and leeway).
+pub fn key_states(keys: &[SigningKey], now: i64, retention_secs: i64) -> Vec<KeyInfo> {
+    let active_since = keys
+        .iter()
+        .filter(|k| k.active)
+        .map(|k| k.created_at)
+        .max()
+        .unwrap_or(now);
+    keys.iter()
+        .map(|k| {
+            let (state, retire_at) = if k.active {
+                (KeyState::Active, None)
+            } else {
+                let at = active_since
+                    .max(k.created_at)
+                    .saturating_add(retention_secs);
+                let state = if now >= at {
+                    KeyState::Expired
+                } else {
+                    KeyState::Retiring
+                };
+                (state, Some(at))
+            };
+            KeyInfo {
+                kid: k.kid.clone(),
+                alg: k.alg.clone(),
+                state,
+                created_at: k.created_at,
+                retire_at,
+            }
+        })
+        .collect()
+}
+
+impl KeyRing {
+    /// Makes a new key the signing key and reloads. The previous keys keep verifying until their
+    /// tokens expire, or, with `revoke_previous`, are deleted at once (every token they signed
+    /// fails from now on). Returns the new key id.
+    pub async fn rotate(
+        &self,
+        store: &dyn Store,
+        now: i64,
+        revoke_previous: bool,
+    ) -> Result<String, TokenError> {
+        let key = generate_signing_key(now)?;
+        store.insert_signing_key(&key).await?;
+        if revoke_previous {
+            for old in store.signing_keys().await? {
+                if old.kid != key.kid && !old.active {
+                    store.delete_signing_key(&old.kid).await?;
+                    tracing::warn!(kid = %old.kid, "signing key revoked");
+                }
+            }
+        }
+        self.reload(store).await?;
+        tracing::info!(kid = %key.kid, revoke_previous, "signing key rotated");
+        Ok(key.kid)
+    }
+
+    /// Deletes retired keys whose tokens have all expired; returns their ids.
+    pub async fn prune(
+        &self,
+        store: &dyn Store,
+        now: i64,
+        retention_secs: i64,
+    ) -> Result<Vec<String>, TokenError> {
+        let keys = store.signing_keys().await?;
+        let mut pruned = Vec::new();
+        for info in key_states(&keys, now, retention_secs) {
+            if info.state == KeyState::Expired {
+                store.delete_signing_key(&info.kid).await?;
+                pruned.push(info.kid);
+            }
+        }
+        if !pruned.is_empty() {
+            tracing::info!(kids = ?pruned, "pruned expired signing keys");
+            self.reload(store).await?;
+        }
+        Ok(pruned)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +443,60 @@ mod tests {
         let shown = format!("{ring:?}");
         assert!(shown.contains(&key.kid));
         assert!(!shown.contains("PRIVATE"));
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_the_old_key_until_its_tokens_expire_then_prunes_it() {
+        let (_dir, store) = temp_store();
+        let ring = KeyRing::load_or_create(store.as_ref(), 100).await.unwrap();
+        let old = ring.active_kid();
+        let new = ring.rotate(store.as_ref(), 1000, false).await.unwrap();
+        assert_ne!(old, new);
+        assert_eq!(ring.active_kid(), new);
+        assert!(
+            ring.current().verifying(&old).is_some(),
+            "old key still verifies"
+        );
+        let states = key_states(&store.signing_keys().await.unwrap(), 1000, 3630);
+        assert_eq!(states[0].kid, new);
+        assert_eq!(states[0].state, KeyState::Active);
+        assert_eq!(states[1].state, KeyState::Retiring);
+        assert_eq!(states[1].retire_at, Some(1000 + 3630));
+
+        assert!(ring
+            .prune(store.as_ref(), 4629, 3630)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ring.prune(store.as_ref(), 4630, 3630).await.unwrap(),
+            vec![old.clone()]
+        );
+        assert!(ring.current().verifying(&old).is_none());
+        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn revoke_previous_drops_every_other_key_at_once() {
+        let (_dir, store) = temp_store();
+        let ring = KeyRing::load_or_create(store.as_ref(), 100).await.unwrap();
+        let first = ring.active_kid();
+        let second = ring.rotate(store.as_ref(), 200, false).await.unwrap();
+        let third = ring.rotate(store.as_ref(), 300, true).await.unwrap();
+        let kids: Vec<String> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(kids, vec![third]);
+        assert!(ring.current().verifying(&first).is_none());
+        assert!(ring.current().verifying(&second).is_none());
+        let shown =
+            serde_json::to_value(key_states(&store.signing_keys().await.unwrap(), 300, 1)).unwrap();
+        assert_eq!(shown[0]["state"], "active");
+        assert!(shown[0].get("retire_at").is_none());
+        assert!(!shown.to_string().contains("PRIVATE"));
     }
 }

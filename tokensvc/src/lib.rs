@@ -1,27 +1,41 @@
-//! sipreg's OAuth 2.0 token service and access-token validator.
+//! sipreg's OAuth 2.0 authorization server and access-token validator.
 //!
 //! The authorization-server side issues RFC 9068 access tokens (JWS, ES256, `typ: at+jwt`) and
-//! opaque, rotating refresh tokens from `POST /oauth/token`, and publishes its public keys at
-//! `GET /oauth/jwks.json`. The resource-server side, used by the registrar on every REGISTER,
-//! validates access tokens against the same keys without locks or clock reads.
+//! opaque, rotating refresh tokens with reuse detection from `POST /oauth/token` (authorization
+//! code with PKCE through a server-rendered login page, password, refresh token), revokes and
+//! introspects them (RFC 7009, RFC 7662), publishes its keys at `GET /oauth/jwks.json` and its
+//! metadata at `GET /.well-known/oauth-authorization-server` (RFC 8414). The resource-server side,
+//! used by the registrar on every REGISTER, validates access tokens without locks or clock reads,
+//! caches verified tokens and applies revocations at once.
 //!
 //! Types that matter: [`TokenService`] (grants and the axum [`Router`](axum::Router)),
-//! [`KeyRing`] (ES256 signing keys kept in the store, swapped atomically on reload),
-//! [`AccessTokenValidator`] with [`AccessClaims`] and [`ValidationError`], and [`TokenConfig`].
+//! [`KeyRing`] (ES256 signing keys kept in the store, swapped atomically on reload, rotated
+//! without mass logout), [`AccessTokenValidator`] with [`AccessClaims`] and [`ValidationError`],
+//! and [`TokenConfig`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod authorize;
+mod clients;
+mod codes;
 mod config;
 mod grants;
 mod http;
 mod issue;
+mod json;
 mod keys;
 mod password;
+mod pkce;
+mod throttle;
 mod validator;
+mod web;
 
+pub use clients::{
+    builtin_client, valid_scope_token, validate_redirect_uri, DEFAULT_CLIENT_ID, REGISTER_SCOPE,
+};
 pub use config::TokenConfig;
-pub use grants::{GrantError, TokenResponse, TokenService, DEFAULT_CLIENT_ID};
-pub use keys::KeyRing;
+pub use grants::{GrantError, TokenResponse, TokenService};
+pub use keys::{key_states, KeyInfo, KeyRing, KeyState};
 pub use password::{hash_password, verify_password};
 pub use validator::{AccessClaims, AccessTokenValidator, ValidationError};
 

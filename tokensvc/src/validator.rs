@@ -1,20 +1,37 @@
 //! Access-token validation for resource servers (the registrar): RFC 9068 §4 with the RFC 8725
-//! checks, in an order that touches no key before the algorithm is known to be ES256.
+//! checks, in an order that touches no key before the algorithm is known to be ES256, then the
+//! revocation checks (per-user not-before time, revoked `jti`) that make an admin's revocation
+//! bite on the next request.
+//!
+//! Verified tokens are cached by their SHA-256 until `exp`, so a re-REGISTER with the same token
+//! costs a hash instead of a signature check. Revocation is checked on every call, cached or not,
+//! and a cached token whose key was removed from the ring is verified afresh (and then fails).
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use sipreg_store::Directory;
 
 use crate::issue::ACCESS_TOKEN_TYP;
+use crate::json::{parse_object, StrictJsonError};
 use crate::keys::ALG_ES256;
 use crate::{KeyRing, TokenConfig};
 
 /// Longest token we look at; real ones are well under 1 KiB, so anything bigger is not ours.
-const MAX_TOKEN_LEN: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Most verified tokens kept in the cache; beyond it new tokens are simply verified each time.
+const MAX_CACHE_ENTRIES: usize = 100_000;
+/// Most revoked token ids remembered (each only until its token's `exp`).
+const MAX_REVOKED_JTIS: usize = 100_000;
+/// Header members that point at keys elsewhere; we never follow them, so a token carrying one
+/// was not made for us (RFC 8725 §3.10: do not trust received key references).
+const KEY_REFERENCE_MEMBERS: [&str; 4] = ["jku", "x5u", "jwk", "x5c"];
 
 /// The claims of a valid access token that the registrar decides on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,15 +57,31 @@ impl AccessClaims {
     }
 }
 
-/// Why a token was refused; the messages are lowercase, fixed and safe to send to clients.
+/// Why a token was refused; each case has its own variant so a test (and a log line) can tell
+/// them apart. The messages are lowercase, fixed and safe to send to clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     /// Not a JWS compact serialization we can parse.
     #[error("malformed token")]
     Malformed,
+    /// Longer than 8 KiB; refused before any decoding or crypto.
+    #[error("token too large")]
+    TooLarge,
+    /// An opaque refresh token was presented where an access token belongs.
+    #[error("a refresh token is not an access token")]
+    RefreshToken,
+    /// The header or claim set names one member twice.
+    #[error("duplicate json member")]
+    DuplicateMember,
     /// `alg` is not ES256 (e.g. `none`, HS256, RS256); holds a sanitised copy of the value.
     #[error("unsupported algorithm {0}")]
     UnsupportedAlgorithm(String),
+    /// The header has `crit`: we implement no JWS extension (RFC 7515 §4.1.11).
+    #[error("unsupported critical header")]
+    UnsupportedCritical,
+    /// The header points at a key elsewhere (`jku`, `x5u`, `jwk`, `x5c`).
+    #[error("key reference {0} in header")]
+    KeyReference(&'static str),
     /// `typ` is not `at+jwt` / `application/at+jwt`.
     #[error("wrong token type")]
     WrongType,
@@ -61,69 +94,61 @@ pub enum ValidationError {
     /// `exp` has passed.
     #[error("token expired")]
     Expired,
-    /// `nbf` or `iat` lies in the future.
+    /// `nbf` lies in the future.
     #[error("token not yet valid")]
     NotYetValid,
+    /// `iat` lies in the future: a token from a clock we cannot trust.
+    #[error("token issued in the future")]
+    IssuedInFuture,
     /// `iss` is not our issuer.
     #[error("wrong issuer")]
     WrongIssuer,
     /// `aud` does not contain our audience.
     #[error("wrong audience")]
     WrongAudience,
-    /// A required claim is absent or empty.
+    /// A required claim is absent, empty or of the wrong JSON type.
     #[error("missing claim {0}")]
     MissingClaim(&'static str),
+    /// The token, or every token of its user issued before a time, was revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// The token's user no longer exists.
+    #[error("unknown user")]
+    UnknownUser,
 }
 
-/// Validates access tokens against the [`KeyRing`] with a caller-supplied clock.
-#[derive(Debug, Clone)]
+/// Validates access tokens against the [`KeyRing`] with a caller-supplied clock. Clones share the
+/// cache, the revoked-`jti` list and the directory.
+#[derive(Clone)]
 pub struct AccessTokenValidator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     keys: Arc<KeyRing>,
     issuer: String,
     audience: String,
     leeway: i64,
+    directory: OnceLock<Directory>,
+    cache: DashMap<[u8; 32], Arc<Verified>>,
+    revoked_jtis: DashMap<String, i64>,
 }
 
-/// The protected header; only what we check. Unknown members are ignored (RFC 7515 §4).
-#[derive(Deserialize)]
-struct RawHeader {
-    alg: String,
-    #[serde(default)]
-    typ: Option<String>,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default)]
-    crit: Option<serde_json::Value>,
+/// A token whose signature and claims checked out once; what the cache keeps.
+#[derive(Debug)]
+struct Verified {
+    claims: AccessClaims,
+    not_before: i64,
+    kid: String,
 }
 
-/// The claim set with every member optional, so that absence is reported by name.
-#[derive(Deserialize)]
-struct RawClaims {
-    iss: Option<String>,
-    sub: Option<String>,
-    aud: Option<Audience>,
-    exp: Option<f64>,
-    nbf: Option<f64>,
-    iat: Option<f64>,
-    jti: Option<String>,
-    client_id: Option<String>,
-    scope: Option<String>,
-}
-
-/// RFC 7519 §4.1.3: `aud` is one string or an array of strings.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Audience {
-    fn contains(&self, ours: &str) -> bool {
-        match self {
-            Audience::One(a) => a == ours,
-            Audience::Many(all) => all.iter().any(|a| a == ours),
-        }
+impl fmt::Debug for AccessTokenValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessTokenValidator")
+            .field("issuer", &self.inner.issuer)
+            .field("audience", &self.inner.audience)
+            .field("cached", &self.inner.cache.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,50 +157,169 @@ impl AccessTokenValidator {
     pub fn new(keys: Arc<KeyRing>, cfg: &TokenConfig) -> Self {
         crate::ensure_crypto_provider();
         Self {
-            keys,
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
-            leeway: i64::try_from(cfg.leeway_secs).unwrap_or(i64::MAX),
+            inner: Arc::new(Inner {
+                keys,
+                issuer: cfg.issuer.clone(),
+                audience: cfg.audience.clone(),
+                leeway: i64::try_from(cfg.leeway_secs).unwrap_or(i64::MAX),
+                directory: OnceLock::new(),
+                cache: DashMap::new(),
+                revoked_jtis: DashMap::new(),
+            }),
         }
+    }
+
+    /// Gives every clone of this validator the live directory, which turns on the user checks:
+    /// the user must exist, and tokens issued before the user's not-before time are revoked.
+    /// Only the first call takes effect.
+    pub fn attach_directory(&self, directory: Directory) {
+        let _ = self.inner.directory.set(directory);
+    }
+
+    /// Forgets every cached verification (the next use of each token verifies its signature).
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    /// How many verified tokens are cached.
+    pub fn cached(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    /// Refuses the token with this `jti` from now on (it is remembered until `exp`).
+    pub fn revoke_jti(&self, jti: &str, exp: i64, now: i64) {
+        let revoked = &self.inner.revoked_jtis;
+        if revoked.len() >= MAX_REVOKED_JTIS {
+            revoked.retain(|_, e| *e > now);
+        }
+        // Bounded memory: past the cap, the oldest-expiring entry makes room.
+        if revoked.len() >= MAX_REVOKED_JTIS {
+            let soonest = revoked
+                .iter()
+                .min_by_key(|e| *e.value())
+                .map(|e| e.key().clone());
+            if let Some(k) = soonest {
+                revoked.remove(&k);
+            }
+        }
+        revoked.insert(jti.to_owned(), exp);
     }
 
     /// Validates `token` at time `now` (Unix seconds); reads no clock.
     pub fn validate(&self, token: &str, now: i64) -> Result<AccessClaims, ValidationError> {
-        use ValidationError as E;
+        // RFC 8725 §3.4 spirit: bound the work an attacker can make us do before anything else.
         if token.len() > MAX_TOKEN_LEN {
-            return Err(E::Malformed);
+            return Err(ValidationError::TooLarge);
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.inner.cache.get(&digest).map(|e| e.value().clone());
+        let verified = match cached {
+            // The key may have been removed since (rotation with --revoke-previous).
+            Some(v) if self.inner.keys.current().verifying(&v.kid).is_some() => v,
+            Some(_) => {
+                self.inner.cache.remove(&digest);
+                Arc::new(self.verify(token)?)
+            }
+            None => Arc::new(self.verify(token)?),
+        };
+        self.check_time(&verified, now)?;
+        self.check_revocation(&verified.claims)?;
+        self.remember(digest, verified.clone(), now);
+        Ok(verified.claims.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], verified: Arc<Verified>, now: i64) {
+        let cache = &self.inner.cache;
+        if cache.contains_key(&digest) {
+            return;
+        }
+        if cache.len() >= MAX_CACHE_ENTRIES {
+            let leeway = self.inner.leeway;
+            cache.retain(|_, v| now < v.claims.exp.saturating_add(leeway));
+        }
+        // Still full of live tokens: verify the overflow each time rather than grow without bound.
+        if cache.len() < MAX_CACHE_ENTRIES {
+            cache.insert(digest, verified);
+        }
+    }
+
+    /// RFC 7519 §4.1.4/§4.1.5 against the caller's clock, with the configured leeway.
+    fn check_time(&self, v: &Verified, now: i64) -> Result<(), ValidationError> {
+        let leeway = self.inner.leeway;
+        if now >= v.claims.exp.saturating_add(leeway) {
+            return Err(ValidationError::Expired);
+        }
+        if v.not_before > now.saturating_add(leeway) {
+            return Err(ValidationError::NotYetValid);
+        }
+        if v.claims.iat > now.saturating_add(leeway) {
+            return Err(ValidationError::IssuedInFuture);
+        }
+        Ok(())
+    }
+
+    /// Revocation, on every call: the token's own `jti`, then the user's not-before time.
+    fn check_revocation(&self, c: &AccessClaims) -> Result<(), ValidationError> {
+        if self.inner.revoked_jtis.contains_key(&c.jti) {
+            return Err(ValidationError::Revoked);
+        }
+        if let Some(dir) = self.inner.directory.get() {
+            let snap = dir.snapshot();
+            if !snap.user_exists(&c.sub) {
+                return Err(ValidationError::UnknownUser);
+            }
+            // No leeway: a revocation at second T kills every token issued before T.
+            if c.iat < snap.tokens_not_before(&c.sub) {
+                return Err(ValidationError::Revoked);
+            }
+        }
+        Ok(())
+    }
+
+    /// Structure, header, signature and claims; everything that does not depend on the clock.
+    fn verify(&self, token: &str) -> Result<Verified, ValidationError> {
+        use ValidationError as E;
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
+            if looks_like_refresh_token(token) {
+                return Err(E::RefreshToken);
+            }
             return Err(E::Malformed);
         };
 
         // RFC 8725 §3.1: the algorithm is checked against the allowlist on the raw header, before
         // any key is chosen, so `none` and HS256-keyed-with-our-public-key never reach crypto.
-        let header: RawHeader = decode_part(header_b64)?;
-        if header.alg != ALG_ES256 {
-            return Err(E::UnsupportedAlgorithm(sanitise(&header.alg)));
+        let header = decode_part(header_b64)?;
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        if alg != ALG_ES256 {
+            return Err(E::UnsupportedAlgorithm(sanitise(alg)));
         }
         // RFC 7515 §4.1.11: we understand no extensions, so any `crit` makes the token invalid.
-        if header.crit.is_some() {
-            return Err(E::Malformed);
+        if header.contains_key("crit") {
+            return Err(E::UnsupportedCritical);
+        }
+        if let Some(member) = KEY_REFERENCE_MEMBERS
+            .iter()
+            .find(|m| header.contains_key(**m))
+        {
+            return Err(E::KeyReference(member));
         }
         // RFC 9068 §4 / RFC 8725 §3.11: explicit typing; media types compare case-insensitively.
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
+        let typ_ok = header.get("typ").and_then(Value::as_str).is_some_and(|t| {
             t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
         });
         if !typ_ok {
             return Err(E::WrongType);
         }
         // Only keys we publish; `kid` selects among them and never names a key we fetch.
-        let keys = self.keys.current();
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| keys.verifying(kid))
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
             .ok_or(E::UnknownKey)?;
+        let keys = self.inner.keys.current();
+        let key = keys.verifying(kid).ok_or(E::UnknownKey)?;
         let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
         match jsonwebtoken::crypto::verify(signature_b64, signed.as_bytes(), key, Algorithm::ES256)
         {
@@ -184,48 +328,85 @@ impl AccessTokenValidator {
         }
 
         // Claims are parsed only once the signature proved they are ours.
-        let claims: RawClaims = decode_part(claims_b64)?;
-        match claims.iss.as_deref() {
+        let claims = decode_part(claims_b64)?;
+        match claims.get("iss") {
             None => return Err(E::MissingClaim("iss")),
-            Some(iss) if iss != self.issuer => return Err(E::WrongIssuer),
-            Some(_) => {}
+            Some(Value::String(iss)) if *iss == self.inner.issuer => {}
+            Some(_) => return Err(E::WrongIssuer),
         }
-        match &claims.aud {
+        let aud_ok = match claims.get("aud") {
             None => return Err(E::MissingClaim("aud")),
-            Some(aud) if !aud.contains(&self.audience) => return Err(E::WrongAudience),
-            Some(_) => {}
+            Some(Value::String(a)) => *a == self.inner.audience,
+            Some(Value::Array(all)) => all
+                .iter()
+                .any(|a| a.as_str() == Some(self.inner.audience.as_str())),
+            Some(_) => false,
+        };
+        if !aud_ok {
+            return Err(E::WrongAudience);
         }
-        let exp = claims.exp.ok_or(E::MissingClaim("exp"))? as i64;
-        let iat = claims.iat.ok_or(E::MissingClaim("iat"))? as i64;
-        // RFC 7519 §4.1.4: the current time must be before `exp`, give or take the leeway.
-        if now >= exp.saturating_add(self.leeway) {
-            return Err(E::Expired);
-        }
-        let not_before = claims.nbf.map_or(iat, |nbf| (nbf as i64).max(iat));
-        if not_before > now.saturating_add(self.leeway) {
-            return Err(E::NotYetValid);
-        }
-        Ok(AccessClaims {
-            sub: required(claims.sub, "sub")?,
-            client_id: required(claims.client_id, "client_id")?,
-            jti: required(claims.jti, "jti")?,
-            scope: claims.scope.unwrap_or_default(),
-            iat,
-            exp,
+        let exp = numeric(&claims, "exp")?.ok_or(E::MissingClaim("exp"))?;
+        let iat = numeric(&claims, "iat")?.ok_or(E::MissingClaim("iat"))?;
+        let nbf = numeric(&claims, "nbf")?.unwrap_or(i64::MIN);
+        Ok(Verified {
+            claims: AccessClaims {
+                sub: required(&claims, "sub")?,
+                client_id: required(&claims, "client_id")?,
+                jti: required(&claims, "jti")?,
+                scope: claims
+                    .get("scope")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                iat,
+                exp,
+            },
+            not_before: nbf,
+            kid: kid.to_owned(),
         })
     }
 }
 
-fn decode_part<T: DeserializeOwned>(part: &str) -> Result<T, ValidationError> {
+/// Our refresh tokens are 32 random bytes in base64url: one 43-character segment, no dots.
+fn looks_like_refresh_token(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn decode_part(part: &str) -> Result<Map<String, Value>, ValidationError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| ValidationError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| ValidationError::Malformed)
+    parse_object(&bytes).map_err(|e| match e {
+        StrictJsonError::Duplicate => ValidationError::DuplicateMember,
+        StrictJsonError::Invalid => ValidationError::Malformed,
+    })
 }
 
-fn required(value: Option<String>, name: &'static str) -> Result<String, ValidationError> {
-    value
+/// A NumericDate claim (RFC 7519 §2): absent is `None`, any non-number is a missing claim.
+fn numeric(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, ValidationError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+            .map(Some)
+            .ok_or(ValidationError::MissingClaim(name)),
+        Some(_) => Err(ValidationError::MissingClaim(name)),
+    }
+}
+
+fn required(claims: &Map<String, Value>, name: &'static str) -> Result<String, ValidationError> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
         .filter(|v| !v.is_empty())
+        .map(str::to_owned)
         .ok_or(ValidationError::MissingClaim(name))
 }
 
@@ -597,7 +778,6 @@ mod tests {
             "a.b.c.d",
             "..",
             "%%%.%%%.%%%",
-            &huge,
             &format!("{token}.x"),
         ] {
             assert_eq!(
@@ -611,14 +791,9 @@ mod tests {
             f.validator.validate(&not_json, NOW),
             Err(ValidationError::Malformed)
         );
-        let crit = forge_es256(
-            &f,
-            json!({"alg": "ES256", "typ": "at+jwt", "kid": f.key.kid, "crit": ["exp"]}),
-            &good_claims(&f),
-        );
         assert_eq!(
-            f.validator.validate(&crit, NOW),
-            Err(ValidationError::Malformed)
+            f.validator.validate(&huge, NOW),
+            Err(ValidationError::TooLarge)
         );
     }
 
@@ -656,6 +831,14 @@ mod tests {
             ValidationError::WrongIssuer,
             ValidationError::WrongAudience,
             ValidationError::MissingClaim("jti"),
+            ValidationError::TooLarge,
+            ValidationError::RefreshToken,
+            ValidationError::DuplicateMember,
+            ValidationError::UnsupportedCritical,
+            ValidationError::KeyReference("jku"),
+            ValidationError::IssuedInFuture,
+            ValidationError::Revoked,
+            ValidationError::UnknownUser,
         ] {
             let s = e.to_string();
             assert_eq!(s, s.to_lowercase());
@@ -681,6 +864,253 @@ mod tests {
             old.split('.').next(),
             new.split('.').next(),
             "a different kid signs now"
+        );
+    }
+
+    fn header(f: &Fixture) -> Value {
+        json!({"alg": "ES256", "typ": "at+jwt", "kid": f.key.kid})
+    }
+
+    #[test]
+    fn a_kid_that_points_elsewhere_selects_nothing() {
+        let f = fixture();
+        for kid in [
+            "https://evil.example/jwks.json",
+            "../../../etc/passwd",
+            "file:///dev/zero",
+            "",
+        ] {
+            let mut h = header(&f);
+            h["kid"] = json!(kid);
+            assert_eq!(
+                f.validator
+                    .validate(&forge_es256(&f, h, &good_claims(&f)), NOW),
+                Err(ValidationError::UnknownKey),
+                "{kid}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_references_in_the_header_are_refused_even_with_a_good_signature() {
+        let f = fixture();
+        for (member, value) in [
+            ("jku", json!("https://evil.example/jwks.json")),
+            ("x5u", json!("https://evil.example/cert.pem")),
+            ("jwk", json!({"kty": "EC"})),
+            ("x5c", json!(["MIIB"])),
+        ] {
+            let mut h = header(&f);
+            h[member] = value;
+            let err = f
+                .validator
+                .validate(&forge_es256(&f, h, &good_claims(&f)), NOW)
+                .unwrap_err();
+            assert_eq!(err, ValidationError::KeyReference(member));
+        }
+    }
+
+    #[test]
+    fn an_unknown_crit_header_is_refused_for_that_reason() {
+        let f = fixture();
+        let mut h = header(&f);
+        h["crit"] = json!(["exp"]);
+        h["exp"] = json!(1);
+        assert_eq!(
+            f.validator
+                .validate(&forge_es256(&f, h, &good_claims(&f)), NOW),
+            Err(ValidationError::UnsupportedCritical)
+        );
+    }
+
+    #[test]
+    fn duplicate_members_in_header_or_claims_are_refused() {
+        let f = fixture();
+        let key = EncodingKey::from_ec_pem(f.key.private_pem.as_bytes()).unwrap();
+        let sign = |header_json: &str, claims_json: &str| {
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header_json),
+                URL_SAFE_NO_PAD.encode(claims_json)
+            );
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::ES256).unwrap();
+            format!("{input}.{sig}")
+        };
+        let good_header = serde_json::to_string(&header(&f)).unwrap();
+        let claims = good_claims(&f).to_string();
+        assert!(f
+            .validator
+            .validate(&sign(&good_header, &claims), NOW)
+            .is_ok());
+        let dup_header = format!(
+            r#"{{"alg":"ES256","typ":"at+jwt","kid":"{}","alg":"ES256"}}"#,
+            f.key.kid
+        );
+        assert_eq!(
+            f.validator.validate(&sign(&dup_header, &claims), NOW),
+            Err(ValidationError::DuplicateMember)
+        );
+        // Two `sub`s: a parser taking the first and one taking the last would disagree on who.
+        let dup_claims = claims.replacen('{', r#"{"sub":"admin","#, 1);
+        assert_eq!(
+            f.validator.validate(&sign(&good_header, &dup_claims), NOW),
+            Err(ValidationError::DuplicateMember)
+        );
+    }
+
+    #[test]
+    fn an_iat_far_in_the_future_is_refused_for_that_reason() {
+        let f = fixture();
+        let mut claims = good_claims(&f);
+        claims["iat"] = json!(NOW + 86_400);
+        claims["exp"] = json!(NOW + 90_000);
+        assert_eq!(
+            f.validator
+                .validate(&forge_es256(&f, header(&f), &claims), NOW),
+            Err(ValidationError::IssuedInFuture)
+        );
+    }
+
+    #[test]
+    fn a_refresh_token_presented_as_an_access_token_is_named() {
+        let f = fixture();
+        let refresh = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        assert_eq!(
+            f.validator.validate(&refresh, NOW),
+            Err(ValidationError::RefreshToken)
+        );
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_even_when_well_signed() {
+        let f = fixture();
+        let mut claims = good_claims(&f);
+        claims["pad"] = json!("x".repeat(MAX_TOKEN_LEN));
+        let token = forge_es256(&f, header(&f), &claims);
+        assert_eq!(
+            f.validator.validate(&token, NOW),
+            Err(ValidationError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn non_numeric_dates_are_missing_claims() {
+        let f = fixture();
+        let mut claims = good_claims(&f);
+        claims["exp"] = json!("tomorrow");
+        assert_eq!(
+            f.validator
+                .validate(&forge_es256(&f, header(&f), &claims), NOW),
+            Err(ValidationError::MissingClaim("exp"))
+        );
+    }
+
+    #[test]
+    fn a_verified_token_is_cached_and_a_revoked_jti_still_fails_from_the_cache() {
+        let f = fixture();
+        let token = issue(&f, NOW);
+        assert_eq!(f.validator.cached(), 0);
+        let claims = f.validator.validate(&token, NOW).unwrap();
+        assert_eq!(f.validator.cached(), 1);
+        let clone = f.validator.clone();
+        assert_eq!(clone.validate(&token, NOW + 1).unwrap(), claims);
+        assert_eq!(f.validator.cached(), 1, "clones share one cache");
+        // The cache never extends a token's life.
+        assert_eq!(
+            f.validator.validate(&token, claims.exp + 30),
+            Err(ValidationError::Expired)
+        );
+        f.validator.revoke_jti(&claims.jti, claims.exp, NOW);
+        assert_eq!(
+            f.validator.validate(&token, NOW + 2),
+            Err(ValidationError::Revoked)
+        );
+        assert!(f.validator.validate(&issue(&f, NOW), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_failed_token_is_not_cached() {
+        let f = fixture();
+        let token = issue(&f, NOW);
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert!(f.validator.validate(&tampered, NOW).is_err());
+        assert_eq!(f.validator.cached(), 0);
+    }
+
+    #[tokio::test]
+    async fn removing_the_key_invalidates_cached_tokens() {
+        let (_dir, store) = crate::test_support::temp_store();
+        let ring = KeyRing::load_or_create(store.as_ref(), 1).await.unwrap();
+        let cfg = TokenConfig::default();
+        let validator = AccessTokenValidator::new(ring.clone(), &cfg);
+        let old_kid = ring.active_kid();
+        let old = sign_access_token(&ring, &cfg, "jdoe", "softphone", "sip:register", NOW).unwrap();
+        assert!(validator.validate(&old, NOW).is_ok());
+        assert_eq!(validator.cached(), 1);
+        store
+            .insert_signing_key(&generate_signing_key(2).unwrap())
+            .await
+            .unwrap();
+        store.delete_signing_key(&old_kid).await.unwrap();
+        ring.reload(store.as_ref()).await.unwrap();
+        assert_eq!(
+            validator.validate(&old, NOW),
+            Err(ValidationError::UnknownKey)
+        );
+        assert_eq!(validator.cached(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_token_of_a_revoked_or_deleted_user_is_refused_once_the_directory_reloads() {
+        let (_dir, store) = crate::test_support::temp_store();
+        for id in ["jdoe", "mary"] {
+            let user = sipreg_store::User {
+                id: id.into(),
+                password_hash: String::new(),
+                created_at: 1,
+            };
+            store.create_user(&user).await.unwrap();
+        }
+        let ring = KeyRing::load_or_create(store.as_ref(), 1).await.unwrap();
+        let cfg = TokenConfig::default();
+        let validator = AccessTokenValidator::new(ring.clone(), &cfg);
+        let directory = Directory::load(store.as_ref()).await.unwrap();
+        validator.attach_directory(directory.clone());
+        let sign = |user: &str, at: i64| {
+            sign_access_token(&ring, &cfg, user, "softphone", "sip:register", at).unwrap()
+        };
+        let before = sign("jdoe", NOW);
+        let mary = sign("mary", NOW);
+        assert!(validator.validate(&before, NOW).is_ok());
+        assert!(validator.validate(&mary, NOW).is_ok());
+
+        store.set_tokens_not_before("jdoe", NOW + 1).await.unwrap();
+        assert!(
+            validator.validate(&before, NOW).is_ok(),
+            "only a reloaded directory is consulted"
+        );
+        directory.reload(store.as_ref()).await.unwrap();
+        assert_eq!(
+            validator.validate(&before, NOW + 5),
+            Err(ValidationError::Revoked),
+            "revoked although cached"
+        );
+        assert!(
+            validator.validate(&mary, NOW + 5).is_ok(),
+            "others unaffected"
+        );
+        assert!(
+            validator.validate(&sign("jdoe", NOW + 1), NOW + 5).is_ok(),
+            "a token issued after the revocation works"
+        );
+
+        store.delete_user("mary").await.unwrap();
+        directory.reload(store.as_ref()).await.unwrap();
+        assert_eq!(
+            validator.validate(&mary, NOW + 5),
+            Err(ValidationError::UnknownUser)
         );
     }
 }

@@ -1,0 +1,343 @@
+//! Criterion micro benchmarks of sipreg's hot path, through the crates' public APIs:
+//! framing, header parsing, access-token validation, the REGISTER core and config rendering.
+//! Run: `cargo bench -p sipreg-bench --bench micro` (see BENCHMARKS.md).
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sipreg_bench::sip::{write_register, RegisterParams};
+use sipreg_bench::Transport;
+use sipreg_registrar::{
+    process, Authenticators, BearerError, BearerValidator, ConnectionFacts, DigestAuth, Location,
+    PortKind, Registrar, RegistrarConfig, Request, StreamFramer, TokenIdentity,
+};
+use sipreg_store::{Device, Directory, Line, Node, SqliteStore, Store, User};
+use sipreg_tokensvc::{AccessTokenValidator, KeyRing, TokenConfig, TokenService};
+
+const NOW: i64 = 1_800_000_000;
+const LINES: u64 = 64;
+
+/// A store with one user owning one OAuth device of 64 lines, OAuth mode on, one node; and a
+/// token service over its keys.
+struct World {
+    _dir: tempfile::TempDir,
+    directory: Directory,
+    tokens: TokenService,
+    token_cfg: TokenConfig,
+}
+
+fn world() -> World {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("sipreg.db")).unwrap());
+        store
+            .create_user(&User {
+                id: "bench".into(),
+                password_hash: String::new(),
+                created_at: NOW,
+            })
+            .await
+            .unwrap();
+        store
+            .create_device(&Device {
+                name: "BENCH0".into(),
+                owner: "bench".into(),
+                lines: (0..LINES)
+                    .map(|i| Line {
+                        dn: (100_000 + i).to_string(),
+                        display_name: None,
+                    })
+                    .collect(),
+                oauth: true,
+                updated_at: NOW,
+            })
+            .await
+            .unwrap();
+        store.set_oauth_mode(true).await.unwrap();
+        store
+            .upsert_node(&Node {
+                name: "node1".into(),
+                host: "sipreg.example.com".into(),
+                sip_port: 5060,
+                secured_sip_port: 5061,
+                sip_oauth_port: 5090,
+                sip_mra_oauth_port: 5091,
+            })
+            .await
+            .unwrap();
+        let directory = Directory::load(store.as_ref()).await.unwrap();
+        let keys = KeyRing::load_or_create(store.as_ref(), NOW).await.unwrap();
+        let token_cfg = TokenConfig::default();
+        let tokens = TokenService::new(store, keys, token_cfg.clone());
+        World {
+            _dir: dir,
+            directory,
+            tokens,
+            token_cfg,
+        }
+    })
+}
+
+fn token(w: &World, now: i64) -> String {
+    w.tokens
+        .issue_access_token("bench", "softphone", "sip:register", now)
+        .unwrap()
+}
+
+/// The registrar's view of the token service, as `sipreg serve` wires it.
+struct Validator(AccessTokenValidator);
+
+impl BearerValidator for Validator {
+    fn validate(&self, token: &str, now: i64) -> Result<TokenIdentity, BearerError> {
+        let c = self.0.validate(token, now).map_err(|e| BearerError {
+            description: e.to_string(),
+        })?;
+        Ok(TokenIdentity {
+            user: c.sub,
+            scope: c.scope,
+        })
+    }
+}
+
+/// Accepts every token as the bench user: the REGISTER core without signature checks.
+struct TrustAll;
+
+impl BearerValidator for TrustAll {
+    fn validate(&self, _token: &str, _now: i64) -> Result<TokenIdentity, BearerError> {
+        Ok(TokenIdentity {
+            user: "bench".into(),
+            scope: "sip:register".into(),
+        })
+    }
+}
+
+fn register_bytes(token: &str, line: u64, cseq: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_register(
+        &mut out,
+        &RegisterParams {
+            transport: Transport::Tls,
+            local: "127.0.0.1:40000".parse().unwrap(),
+            domain: "localhost",
+            line,
+            device: Some("BENCH0"),
+            run_id: 0x5eed,
+            cseq,
+            expires: 3600,
+            token: Some(token),
+        },
+    );
+    out
+}
+
+fn facts() -> ConnectionFacts {
+    let remote: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    ConnectionFacts {
+        remote,
+        local: "127.0.0.1:5090".parse().unwrap(),
+        flow: 1,
+        transport: sipreg_registrar::Transport::Tls,
+        port: PortKind::SipOAuth,
+    }
+}
+
+fn framer(c: &mut Criterion) {
+    let w = world();
+    let msg = register_bytes(&token(&w, NOW), 100_000, 1);
+    let mut g = c.benchmark_group("framer");
+    g.throughput(Throughput::Bytes(msg.len() as u64));
+    g.bench_function("one_register_whole", |b| {
+        let mut f = StreamFramer::new(64 * 1024);
+        b.iter(|| {
+            f.push(black_box(&msg)).unwrap();
+            black_box(f.next_frame().unwrap());
+        })
+    });
+    g.bench_function("one_register_in_100_byte_reads", |b| {
+        let mut f = StreamFramer::new(64 * 1024);
+        b.iter(|| {
+            for chunk in msg.chunks(100) {
+                f.push(black_box(chunk)).unwrap();
+            }
+            black_box(f.next_frame().unwrap());
+        })
+    });
+    g.finish();
+}
+
+fn parsing(c: &mut Criterion) {
+    let w = world();
+    let msg = register_bytes(&token(&w, NOW), 100_000, 1);
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("request_parse", |b| {
+        b.iter(|| black_box(Request::parse(black_box(&msg)).unwrap()))
+    });
+    g.bench_function("request_parse_and_typed_headers", |b| {
+        b.iter(|| {
+            let r = Request::parse(black_box(&msg)).unwrap();
+            black_box((
+                r.via(),
+                r.cseq().unwrap(),
+                r.call_id().unwrap(),
+                r.aor().unwrap(),
+                r.contacts().unwrap(),
+                r.expires().unwrap(),
+                r.authorization(),
+            ));
+        })
+    });
+    g.finish();
+}
+
+fn tokens(c: &mut Criterion) {
+    let w = world();
+    let validator = AccessTokenValidator::new(w.tokens.keys().clone(), &w.token_cfg);
+    let same = token(&w, NOW);
+    // Distinct tokens (distinct jti and iat): nothing about one can be reused for the next.
+    let distinct: Vec<String> = (0..2000).map(|i| token(&w, NOW - i)).collect();
+    let mut g = c.benchmark_group("token");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("validate_same_token_repeatedly", |b| {
+        b.iter(|| black_box(validator.validate(black_box(&same), NOW).unwrap()))
+    });
+    g.bench_function("validate_distinct_tokens", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) % distinct.len();
+            black_box(validator.validate(&distinct[i], NOW).unwrap())
+        })
+    });
+    g.bench_function("validate_with_new_validator", |b| {
+        b.iter(|| {
+            let v = AccessTokenValidator::new(w.tokens.keys().clone(), &w.token_cfg);
+            black_box(v.validate(black_box(&same), NOW).unwrap())
+        })
+    });
+    g.bench_function("issue_access_token_es256", |b| {
+        b.iter(|| black_box(token(&w, NOW)))
+    });
+    g.finish();
+}
+
+fn register_core(c: &mut Criterion) {
+    let w = world();
+    let tok = token(&w, NOW);
+    let cfg = RegistrarConfig::default();
+    let digest = DigestAuth::new([7; 32], 300);
+    let conn = facts();
+    let trust_all = TrustAll;
+    let real = Validator(AccessTokenValidator::new(
+        w.tokens.keys().clone(),
+        &w.token_cfg,
+    ));
+    let mut g = c.benchmark_group("register");
+    g.throughput(Throughput::Elements(1));
+    for (name, validator) in [
+        (
+            "process_no_signature_check",
+            &trust_all as &dyn BearerValidator,
+        ),
+        ("process_with_es256_token", &real as &dyn BearerValidator),
+    ] {
+        let location = Location::new();
+        let snap = w.directory.snapshot();
+        let mut cseq = 0u32;
+        // Requests parsed outside the timing; CSeq must grow for a refresh to be accepted.
+        let first = process(
+            &Request::parse(&register_bytes(&tok, 100_000, 1)).unwrap(),
+            &conn,
+            &snap,
+            Authenticators {
+                bearer: validator,
+                digest: &digest,
+            },
+            &location,
+            &cfg,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            first.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&first.bytes)
+        );
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    cseq += 1;
+                    let line = 100_000 + u64::from(cseq) % LINES;
+                    Request::parse(&register_bytes(&tok, line, cseq + 1)).unwrap()
+                },
+                |req| {
+                    let r = process(
+                        &req,
+                        &conn,
+                        &snap,
+                        Authenticators {
+                            bearer: validator,
+                            digest: &digest,
+                        },
+                        &location,
+                        &cfg,
+                        NOW,
+                    )
+                    .unwrap();
+                    debug_assert_eq!(r.status, 200);
+                    black_box(r)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    let registrar = Registrar::new(
+        RegistrarConfig::default(),
+        w.directory.clone(),
+        Arc::new(Validator(AccessTokenValidator::new(
+            w.tokens.keys().clone(),
+            &w.token_cfg,
+        ))),
+    );
+    let mut cseq = 1u32;
+    g.bench_function("registrar_handle_parse_to_bytes", |b| {
+        b.iter_batched(
+            || {
+                cseq += 1;
+                register_bytes(&tok, 100_000 + u64::from(cseq) % LINES, cseq)
+            },
+            |msg| black_box(registrar.handle_at(&msg, &conn, NOW)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn config_render(c: &mut Criterion) {
+    let w = world();
+    let snap = w.directory.snapshot();
+    let device = snap.device("BENCH0").unwrap().clone();
+    let mut g = c.benchmark_group("config");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("render_device_config_64_lines", |b| {
+        b.iter(|| black_box(sipreg_tftp_config::render_device_config(&device, &snap)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    framer,
+    parsing,
+    tokens,
+    register_core,
+    config_render
+);
+criterion_main!(benches);

@@ -1,0 +1,228 @@
+//! One SIP stream connection (TCP or TLS), shared by every stream listener: admission against
+//! the connection caps, the TLS handshake under its own cap and timeout, then read → frame →
+//! answer until the peer leaves, a limit or timeout fires, or the listener is cancelled.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::framer::{Frame, FrameError, StreamFramer};
+use crate::limits::ConnectionPermit;
+use crate::location::Transport;
+use crate::register::{ConnectionFacts, PortKind};
+use crate::registrar::{Answer, Registrar};
+
+/// How long closing connections get to finish before they are aborted.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Read chunk size; the framer bounds what is kept.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Connection ids, unique for the process lifetime; 0 is never used (it means "no flow").
+static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
+
+/// Why a connection ended abnormally.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    /// The stream could not be framed.
+    #[error("framing: {0}")]
+    Frame(#[from] FrameError),
+    /// Socket or TLS error.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// Idle, header or write timeout.
+    #[error("timeout")]
+    Timeout,
+    /// A message without anything to address a response to.
+    #[error("unanswerable garbage")]
+    Garbage,
+}
+
+/// What a stream listener serves: plain TCP or TLS with a live-swappable config.
+#[derive(Clone)]
+pub(crate) enum StreamKind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS; each accept takes the config current at that moment.
+    Tls(Arc<ArcSwap<rustls::ServerConfig>>),
+}
+
+/// Accepts until `cancel` fires; connections refused by a cap are closed at once.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    registrar: Arc<Registrar>,
+    kind: StreamKind,
+    port: PortKind,
+    cancel: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    // Refused: dropping the socket closes it; the gate counted and logged it.
+                    let Ok(permit) = registrar.gate.admit(peer.ip()) else { continue };
+                    connections.spawn(serve(
+                        tcp, peer, permit, registrar.clone(), kind.clone(), port, cancel.child_token(),
+                    ));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    // Connections saw the cancellation; give them a moment to clean up, then abort the rest.
+    let _ = timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+}
+
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _permit: ConnectionPermit,
+    registrar: Arc<Registrar>,
+    kind: StreamKind,
+    port: PortKind,
+    cancel: CancellationToken,
+) {
+    let Ok(local) = tcp.local_addr() else { return };
+    let _ = tcp.set_nodelay(true);
+    let cfg = &registrar.config;
+    let facts = |transport| ConnectionFacts {
+        remote: peer,
+        local,
+        flow: NEXT_FLOW.fetch_add(1, Ordering::Relaxed),
+        transport,
+        port,
+    };
+    match kind {
+        StreamKind::Tcp => {
+            let mut stream = tcp;
+            run(&mut stream, &registrar, &facts(Transport::Tcp), &cancel).await;
+        }
+        StreamKind::Tls(tls) => {
+            let Ok(handshake) = registrar.gate.handshake() else {
+                return;
+            };
+            // The config current at this accept: a certificate swap applies to new handshakes.
+            let acceptor = TlsAcceptor::from(tls.load_full());
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = timeout(cfg.handshake_timeout, acceptor.accept(tcp)) => r,
+            };
+            drop(handshake);
+            let mut stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(remote = %peer, error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    registrar.stats.timeout();
+                    tracing::debug!(remote = %peer, "tls handshake timed out");
+                    return;
+                }
+            };
+            run(&mut stream, &registrar, &facts(Transport::Tls), &cancel).await;
+        }
+    }
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    registrar: &Registrar,
+    facts: &ConnectionFacts,
+    cancel: &CancellationToken,
+) {
+    let peer = facts.remote;
+    match read_loop(stream, registrar, facts, cancel).await {
+        Ok(()) => tracing::debug!(remote = %peer, "connection closed"),
+        Err(e) => {
+            match &e {
+                ConnectionError::Frame(_) | ConnectionError::Garbage => {
+                    registrar.stats.frame_error()
+                }
+                ConnectionError::Timeout => registrar.stats.timeout(),
+                ConnectionError::Io(_) => {}
+            }
+            tracing::debug!(remote = %peer, error = %e, "connection dropped");
+        }
+    }
+    registrar.connection_closed(facts);
+    let _ = timeout(DRAIN_TIMEOUT, stream.shutdown()).await;
+}
+
+/// Reads, frames and answers until the peer closes, an error, a timeout or cancellation.
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    registrar: &Registrar,
+    facts: &ConnectionFacts,
+    cancel: &CancellationToken,
+) -> Result<(), ConnectionError> {
+    let cfg = &registrar.config;
+    let mut framer = StreamFramer::new(cfg.max_message_size);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        while let Some(frame) = framer.next_frame()? {
+            let out = match frame {
+                // RFC 5626 §4.4.1: answer a ping with a single CRLF at once.
+                Frame::KeepAlivePing => b"\r\n".to_vec(),
+                Frame::Message(m) => {
+                    match registrar.answer_at(&m, facts, crate::registrar::unix_now()) {
+                        Answer::Send(b) => b,
+                        Answer::Nothing => Vec::new(),
+                        Answer::Close => return Err(ConnectionError::Garbage),
+                    }
+                }
+            };
+            if !out.is_empty() {
+                timeout(cfg.header_timeout, async {
+                    stream.write_all(&out).await?;
+                    stream.flush().await
+                })
+                .await
+                .map_err(|_| ConnectionError::Timeout)??;
+            }
+        }
+        // A started message must complete within header_timeout (slow-loris); otherwise the
+        // connection may idle up to idle_timeout.
+        partial_since = if framer.buffered() > 0 {
+            partial_since.or_else(|| Some(Instant::now()))
+        } else {
+            None
+        };
+        let deadline = match partial_since {
+            Some(t) => t + cfg.header_timeout,
+            None => Instant::now() + cfg.idle_timeout,
+        };
+        let n = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = timeout_at(deadline, stream.read(&mut buf)) => match r {
+                Err(_) => return Err(ConnectionError::Timeout),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(e.into()),
+            },
+        };
+        framer.push(&buf[..n])?;
+    }
+}

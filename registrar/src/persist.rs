@@ -1,0 +1,125 @@
+//! Bindings survive restarts: a write-behind persister and the restore at start.
+//!
+//! Every change marks its AOR dirty in the [`Location`]; every `persist_interval` the persister
+//! writes the dirty AORs' current bindings to the store in one transaction
+//! ([`Store::write_bindings`] replaces an AOR's rows; an empty list deletes them). REGISTER never
+//! waits for the disk. **Loss bound:** a crash loses at most the binding changes made in the last
+//! `persist_interval` (default 1 s) plus the one write in progress; a failed write keeps its
+//! AORs dirty and is retried on the next tick. On a clean shutdown the persister flushes once
+//! more before it returns.
+
+use std::sync::Arc;
+
+use sipreg_store::{Store, StoredBinding};
+use tokio_util::sync::CancellationToken;
+
+use crate::location::{Binding, Location};
+use crate::registrar::Registrar;
+
+/// Why bindings could not be saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] sipreg_store::StoreError),
+    /// A binding could not be encoded.
+    #[error("binding encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Converts one AOR's bindings into store rows (JSON in `data`).
+pub fn to_stored(aor: &str, bindings: &[Binding], node: &str) -> Result<Vec<StoredBinding>, PersistError> {
+    bindings
+        .iter()
+        .map(|b| {
+            Ok(StoredBinding {
+                aor: aor.to_owned(),
+                key: b.key(),
+                expires_at: b.expires_at,
+                node: node.to_owned(),
+                data: serde_json::to_string(b)?,
+            })
+        })
+        .collect()
+}
+
+/// Writes every dirty AOR of `location` to `store` now; on failure they stay dirty. Returns
+/// how many AORs were written.
+pub async fn flush(location: &Location, store: &dyn Store, node: &str) -> Result<usize, PersistError> {
+    let dirty = location.take_dirty();
+    if dirty.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = Vec::with_capacity(dirty.len());
+    for (aor, bindings) in &dirty {
+        match to_stored(aor, bindings, node) {
+            Ok(rows) => batch.push((aor.clone(), rows)),
+            Err(e) => {
+                for (aor, _) in &dirty {
+                    location.mark_dirty(aor);
+                }
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = store.write_bindings(&batch).await {
+        for (aor, _) in &dirty {
+            location.mark_dirty(aor);
+        }
+        return Err(e.into());
+    }
+    Ok(batch.len())
+}
+
+/// Loads unexpired bindings from `store` into `location` with their remaining lifetime; rows
+/// that do not decode are skipped with a warning. Returns how many were restored.
+pub async fn restore(store: &dyn Store, location: &Location, now: i64) -> Result<usize, PersistError> {
+    let rows = store.load_bindings(now).await?;
+    let mut decoded = Vec::with_capacity(rows.len());
+    for row in rows {
+        match serde_json::from_str::<Binding>(&row.data) {
+            Ok(b) => decoded.push((row.aor, b)),
+            Err(e) => tracing::warn!(aor = %row.aor, key = %row.key, error = %e, "stored binding skipped"),
+        }
+    }
+    let n = location.restore(decoded, now);
+    tracing::info!(bindings = n, "bindings restored");
+    Ok(n)
+}
+
+/// The persister loop behind [`Registrar::run_persister`].
+pub(crate) async fn run(registrar: Arc<Registrar>, store: Arc<dyn Store>, cancel: CancellationToken) {
+    let interval = registrar.config.persist_interval.max(std::time::Duration::from_millis(10));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let node = registrar.config.host.clone();
+    let mut failing = false;
+    loop {
+        let stop = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        match flush(&registrar.location, store.as_ref(), &node).await {
+            Ok(n) => {
+                if failing {
+                    tracing::info!("binding persistence recovered");
+                    failing = false;
+                }
+                if n > 0 {
+                    tracing::trace!(aors = n, "bindings persisted");
+                }
+            }
+            Err(e) => {
+                registrar.stats.persist_failure();
+                // Logged once per outage, not every tick.
+                if !failing {
+                    tracing::error!(error = %e, "cannot persist bindings; retrying every tick");
+                    failing = true;
+                }
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+}

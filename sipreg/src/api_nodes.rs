@@ -1,0 +1,119 @@
+//! `/api/v1/nodes`: each node's advertised and listened-on ports; a change moves the listener live.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use sipreg_store::Node;
+
+use crate::api::{ApiJson, ApiState};
+use crate::problem::Problem;
+
+/// Node routes (mounted behind the admin token by [`crate::api::router`]).
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
+}
+
+async fn list_nodes(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, Problem> {
+    Ok(Json(s.store.nodes().await?))
+}
+
+async fn get_node(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, Problem> {
+    find(&s, &name).await.map(Json)
+}
+
+async fn find(s: &ApiState, name: &str) -> Result<Node, Problem> {
+    s.store
+        .nodes()
+        .await?
+        .into_iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| Problem::not_found(format!("node {name} not found")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodePatch {
+    sip_oauth_port: Option<u16>,
+    sip_mra_oauth_port: Option<u16>,
+    sip_port: Option<u16>,
+    secured_sip_port: Option<u16>,
+    host: Option<String>,
+}
+
+fn oauth_range(field: &'static str, v: u16) -> Result<u16, Problem> {
+    if (1024..=49151).contains(&v) {
+        Ok(v)
+    } else {
+        Err(Problem::invalid(
+            field,
+            format!("`{field}` must be in 1024–49151 (Unified CM's range), got {v}"),
+        ))
+    }
+}
+
+async fn patch_node(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    ApiJson(p): ApiJson<NodePatch>,
+) -> Result<Json<Node>, Problem> {
+    let old = find(&s, &name).await?;
+    let mut new = old.clone();
+    if let Some(v) = p.sip_oauth_port {
+        new.sip_oauth_port = oauth_range("sip_oauth_port", v)?;
+    }
+    if let Some(v) = p.sip_mra_oauth_port {
+        new.sip_mra_oauth_port = oauth_range("sip_mra_oauth_port", v)?;
+    }
+    if let Some(v) = p.sip_port {
+        new.sip_port = v.max(1);
+    }
+    if let Some(v) = p.secured_sip_port {
+        new.secured_sip_port = v.max(1);
+    }
+    if let Some(h) = p.host {
+        if h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Problem::invalid(
+                "host",
+                "`host` must be a host name or address",
+            ));
+        }
+        new.host = h;
+    }
+    if new.sip_oauth_port == new.sip_mra_oauth_port {
+        return Err(Problem::port_unavailable(
+            "sip_mra_oauth_port",
+            format!(
+                "sip_oauth_port and sip_mra_oauth_port are both {}; give each its own port",
+                new.sip_oauth_port
+            ),
+        ));
+    }
+    if name == s.live.node_name() {
+        for (field, port) in [
+            ("sip_oauth_port", new.sip_oauth_port),
+            ("sip_mra_oauth_port", new.sip_mra_oauth_port),
+        ] {
+            if let Some(key) = s.live.reserved_by(port) {
+                return Err(Problem::port_unavailable(
+                    field,
+                    format!("port {port} is already used by this node's `{key}` listener; choose another"),
+                ));
+            }
+        }
+    }
+    s.store.upsert_node(&new).await?;
+    if let Err(problem) = s.live.apply().await {
+        // The new port could not be bound: put the old one back, so the node keeps serving there.
+        s.store.upsert_node(&old).await?;
+        s.live.apply().await?;
+        return Err(problem);
+    }
+    tracing::info!(node = %name, sip_oauth_port = new.sip_oauth_port, "node ports changed");
+    Ok(Json(new))
+}
