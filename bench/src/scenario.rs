@@ -83,6 +83,9 @@ pub struct LoadOptions {
     pub keepalive: Duration,
     /// Server process whose memory (PSS of its process tree) is reported.
     pub server_pid: Option<u32>,
+    /// Storm: close each connection as soon as its REGISTER is answered, instead of holding all
+    /// of them to the end (for more devices than the machine has file descriptors).
+    pub release_each: bool,
     /// Bearer tokens; empty sends none (e.g. for Kamailio).
     pub tokens: Arc<Vec<String>>,
 }
@@ -107,6 +110,7 @@ impl Default for LoadOptions {
             hold: Duration::from_secs(10),
             keepalive: Duration::from_secs(5),
             server_pid: None,
+            release_each: false,
             tokens: Arc::new(Vec::new()),
         }
     }
@@ -521,6 +525,10 @@ async fn device(
         conn
     };
     guard.fire();
+    if opts.release_each && scenario == Scenario::Storm {
+        conn.close().await;
+        return stats;
+    }
     // Hold the connection (storm: until the coordinator releases; idle-hold: with keep-alives).
     let mut conn = conn;
     loop {

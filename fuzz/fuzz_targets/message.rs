@@ -1,17 +1,16 @@
-//! The header parser and the typed accessors the registrar uses, then the whole sans-IO
-//! REGISTER path through `Registrar::handle_at`: no panic on any input.
+//! The header parser, the typed accessors the registrar uses, and the whole sans-IO decision
+//! (`process`) on both port kinds: no panic on any input.
 #![no_main]
-
-use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use sipreg_registrar::{
-    BearerError, BearerValidator, ConnectionFacts, PortKind, Registrar, RegistrarConfig, Request,
-    TokenIdentity, Transport,
+    process, Authenticators, BearerError, BearerValidator, ConnectionFacts, DigestAuth, Location,
+    PortKind, RegistrarConfig, Request, TokenIdentity, Transport,
 };
+use sipreg_store::DirectorySnapshot;
 
-struct AnyToken;
-impl BearerValidator for AnyToken {
+struct EvenTokens;
+impl BearerValidator for EvenTokens {
     fn validate(&self, token: &str, _now: i64) -> Result<TokenIdentity, BearerError> {
         if token.len() % 2 == 0 {
             Ok(TokenIdentity { user: token.into(), scope: "sip".into() })
@@ -21,27 +20,16 @@ impl BearerValidator for AnyToken {
     }
 }
 
-fn registrar() -> &'static Registrar {
-    static R: OnceLock<Registrar> = OnceLock::new();
-    R.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let dir = rt.block_on(async {
-            let tmp = std::env::temp_dir().join(format!("sipreg-fuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&tmp).unwrap();
-            let store = sipreg_store::SqliteStore::open(&tmp.join("db.sqlite")).unwrap();
-            sipreg_store::Directory::load(&store).await.unwrap()
-        });
-        Registrar::new(RegistrarConfig::default(), dir, Arc::new(AnyToken))
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
-    if let Ok(mut r) = Request::parse(data) {
-        let _ = (r.call_id(), r.cseq(), r.from_header(), r.to_header(), r.aor());
-        let _ = (r.contacts(), r.expires(), r.top_via(), r.check_request_uri());
-        r.stamp_via("192.0.2.1:5060".parse().unwrap());
-    }
     let _ = Request::parse_lenient(data);
+    let Ok(mut req) = Request::parse(data) else { return };
+    let _ = (req.call_id(), req.cseq(), req.from_header(), req.to_header(), req.aor());
+    let _ = (req.contacts(), req.expires(), req.top_via(), req.check_request_uri());
+    req.stamp_via("192.0.2.1:5060".parse().unwrap());
+    let dir = DirectorySnapshot::default();
+    let digest = DigestAuth::new([3; 32], 300);
+    let location = Location::new();
+    let cfg = RegistrarConfig::default();
     for (port, transport) in [(PortKind::SipOAuth, Transport::Tls), (PortKind::Legacy, Transport::Udp)] {
         let facts = ConnectionFacts {
             remote: "192.0.2.1:5060".parse().unwrap(),
@@ -50,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
             transport,
             port,
         };
-        let _ = registrar().handle_at(data, &facts, 1_700_000_000);
+        let auth = Authenticators { bearer: &EvenTokens, digest: &digest };
+        if let Some(r) = process(&req, &facts, &dir, auth, &location, &cfg, 1_700_000_000) {
+            assert!(r.bytes.ends_with(b"\r\n\r\n"));
+        }
     }
 });

@@ -1,7 +1,8 @@
 //! HTTP Digest authentication for the legacy SIP ports (RFC 3261 §22, RFC 7616): MD5 and
 //! SHA-256 with `qop=auth`, one challenge per algorithm (SHA-256 first).
 //!
-//! Nonces are stateless: `base64url(issued-at ‖ HMAC-SHA256(secret, issued-at ‖ realm)[..16])`,
+//! Nonces are stateless: `base64url(issued-at ‖ salt ‖ HMAC-SHA256(secret, issued-at ‖ salt ‖
+//! realm)[..16])` with a random 8-byte salt, so every challenge is unique,
 //! so any node holding the secret can check one and an old one is answered with `stale=true`.
 //! Replays are stopped by remembering, per nonce still in its lifetime, the highest `nc` seen.
 
@@ -17,6 +18,8 @@ use crate::message::unquote;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Length of the random salt of a nonce, in bytes.
+const NONCE_SALT_LEN: usize = 8;
 /// Length of the HMAC part of a nonce, in bytes.
 const NONCE_MAC_LEN: usize = 16;
 /// Most nonces whose `nc` is tracked at once; beyond it, new nonces are refused as stale.
@@ -196,13 +199,14 @@ impl DigestAuth {
         Self::new(rand::random(), nonce_ttl_secs)
     }
 
-    fn mac(&self, issued: i64, realm: &str) -> [u8; NONCE_MAC_LEN] {
+    fn mac(&self, issued: i64, salt: &[u8], realm: &str) -> [u8; NONCE_MAC_LEN] {
         // HMAC accepts keys of any length: `new_from_slice` cannot fail.
         let mut mac = match HmacSha256::new_from_slice(&self.secret) {
             Ok(m) => m,
             Err(_) => return [0; NONCE_MAC_LEN],
         };
         mac.update(&issued.to_be_bytes());
+        mac.update(salt);
         mac.update(realm.as_bytes());
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; NONCE_MAC_LEN];
@@ -212,8 +216,10 @@ impl DigestAuth {
 
     /// A fresh nonce for `realm` at `now`.
     pub fn nonce(&self, realm: &str, now: i64) -> String {
+        let salt: [u8; NONCE_SALT_LEN] = rand::random();
         let mut raw = now.to_be_bytes().to_vec();
-        raw.extend_from_slice(&self.mac(now, realm));
+        raw.extend_from_slice(&salt);
+        raw.extend_from_slice(&self.mac(now, &salt, realm));
         URL_SAFE_NO_PAD.encode(raw)
     }
 
@@ -222,13 +228,15 @@ impl DigestAuth {
         let raw = URL_SAFE_NO_PAD
             .decode(nonce)
             .map_err(|_| DigestError::BadNonce)?;
-        if raw.len() != 8 + NONCE_MAC_LEN {
+        if raw.len() != 8 + NONCE_SALT_LEN + NONCE_MAC_LEN {
             return Err(DigestError::BadNonce);
         }
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&raw[..8]);
         let issued = i64::from_be_bytes(ts);
-        if !bool::from(self.mac(issued, realm).ct_eq(&raw[8..])) {
+        let salt = &raw[8..8 + NONCE_SALT_LEN];
+        let mac = self.mac(issued, salt, realm);
+        if !bool::from(mac.ct_eq(&raw[8 + NONCE_SALT_LEN..])) {
             return Err(DigestError::BadNonce);
         }
         Ok(issued)
@@ -360,7 +368,12 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
     #[test]
     fn rfc_2617_md5_vector() {
         // RFC 2617 §3.5's example values, qop=auth.
-        let ha1 = ha1(Algorithm::Md5, "Mufasa", "testrealm@host.com", "Circle Of Life");
+        let ha1 = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
         assert_eq!(ha1, "939e7578ed9e3c518a452acee763bce9");
         let ha2 = Algorithm::Md5.hash_hex("GET:/dir/index.html");
         let r = Algorithm::Md5.hash_hex(&format!(
@@ -372,7 +385,12 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
     #[test]
     fn rfc_7616_sha256_vector() {
         // RFC 7616 §3.9.1.
-        let ha1 = ha1(Algorithm::Sha256, "Mufasa", "http-auth@example.org", "Circle of Life");
+        let ha1 = ha1(
+            Algorithm::Sha256,
+            "Mufasa",
+            "http-auth@example.org",
+            "Circle of Life",
+        );
         let ha2 = Algorithm::Sha256.hash_hex("GET:/dir/index.html");
         let r = Algorithm::Sha256.hash_hex(&format!(
             "{ha1}:7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v:00000001:f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ:auth:{ha2}"
@@ -386,25 +404,45 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
     #[test]
     fn both_algorithms_verify_and_replays_fail() {
         let auth = DigestAuth::new([7; 32], 300);
-        // Different issue times: the nc count belongs to the nonce, whatever the algorithm.
-        for (i, alg) in [Algorithm::Md5, Algorithm::Sha256].into_iter().enumerate() {
-            let nonce = auth.nonce(REALM, NOW + i as i64);
+        for alg in [Algorithm::Md5, Algorithm::Sha256] {
+            let nonce = auth.nonce(REALM, NOW);
             let stored = ha1(alg, "1010", REALM, "secret");
             let resp = DigestResponse::parse(&client(alg, &nonce, 1, "secret"))
                 .unwrap()
                 .unwrap();
             assert_eq!(resp.algorithm, alg);
-            auth.verify(&resp, "REGISTER", "sip:example.com", REALM, &stored, NOW + 10)
-                .unwrap();
+            auth.verify(
+                &resp,
+                "REGISTER",
+                "sip:example.com",
+                REALM,
+                &stored,
+                NOW + 10,
+            )
+            .unwrap();
             assert_eq!(
-                auth.verify(&resp, "REGISTER", "sip:example.com", REALM, &stored, NOW + 11),
+                auth.verify(
+                    &resp,
+                    "REGISTER",
+                    "sip:example.com",
+                    REALM,
+                    &stored,
+                    NOW + 11
+                ),
                 Err(DigestError::Replay)
             );
             let resp2 = DigestResponse::parse(&client(alg, &nonce, 2, "secret"))
                 .unwrap()
                 .unwrap();
-            auth.verify(&resp2, "REGISTER", "sip:example.com", REALM, &stored, NOW + 12)
-                .unwrap();
+            auth.verify(
+                &resp2,
+                "REGISTER",
+                "sip:example.com",
+                REALM,
+                &stored,
+                NOW + 12,
+            )
+            .unwrap();
             let wrong = DigestResponse::parse(&client(alg, &nonce, 3, "guess"))
                 .unwrap()
                 .unwrap();
@@ -428,7 +466,14 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
             .unwrap()
             .unwrap();
         assert_eq!(
-            auth.verify(&resp, "REGISTER", "sip:example.com", REALM, &stored, NOW + 301),
+            auth.verify(
+                &resp,
+                "REGISTER",
+                "sip:example.com",
+                REALM,
+                &stored,
+                NOW + 301
+            ),
             Err(DigestError::Stale)
         );
         let other = DigestAuth::new([8; 32], 300);
@@ -447,11 +492,18 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
     }
 
     #[test]
+    fn every_nonce_is_unique() {
+        let auth = DigestAuth::new([1; 32], 300);
+        assert_ne!(auth.nonce(REALM, NOW), auth.nonce(REALM, NOW));
+    }
+
+    #[test]
     fn challenges_offer_sha256_first_and_stale() {
         let auth = DigestAuth::new([1; 32], 300);
         let c = auth.challenges(REALM, NOW, true);
         assert_eq!(c.len(), 2);
-        assert!(c[0].starts_with("Digest realm=\"ccmsipline\", qop=\"auth\", algorithm=SHA-256, nonce=\""));
+        assert!(c[0]
+            .starts_with("Digest realm=\"ccmsipline\", qop=\"auth\", algorithm=SHA-256, nonce=\""));
         assert!(c[0].ends_with(", stale=true"));
         assert!(c[1].contains("algorithm=MD5"));
     }
@@ -460,7 +512,9 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
     fn parse_rejects_bad_credentials() {
         assert_eq!(DigestResponse::parse("Bearer x"), Ok(None));
         assert_eq!(
-            DigestResponse::parse("Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\""),
+            DigestResponse::parse(
+                "Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"u\", response=\"x\""
+            ),
             Err(DigestError::Malformed("qop"))
         );
         assert_eq!(

@@ -201,12 +201,14 @@ impl ConnectionGate {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let open = self.stats.connections_open.load(Ordering::Relaxed);
         if self.max_total > 0 && open >= self.max_total as u64 {
-            self.stats.limit_hit(Limit::TotalConnections, self.max_total);
+            self.stats
+                .limit_hit(Limit::TotalConnections, self.max_total);
             return Err(Limit::TotalConnections);
         }
         let mine = per_ip.get(&ip).copied().unwrap_or(0);
         if self.max_per_ip > 0 && mine >= self.max_per_ip {
-            self.stats.limit_hit(Limit::ConnectionsPerIp, self.max_per_ip);
+            self.stats
+                .limit_hit(Limit::ConnectionsPerIp, self.max_per_ip);
             return Err(Limit::ConnectionsPerIp);
         }
         per_ip.insert(ip, mine + 1);
@@ -233,7 +235,8 @@ impl ConnectionGate {
             self.stats
                 .tls_handshakes_in_flight
                 .fetch_sub(1, Ordering::Relaxed);
-            self.stats.limit_hit(Limit::TlsHandshakes, self.max_handshakes);
+            self.stats
+                .limit_hit(Limit::TlsHandshakes, self.max_handshakes);
             return Err(Limit::TlsHandshakes);
         }
         self.stats.limit_clear(Limit::TlsHandshakes);

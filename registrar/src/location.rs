@@ -134,6 +134,8 @@ pub struct AorBindings {
 
 /// One change a REGISTER asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Short-lived, built once per REGISTER: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum BindingChange {
     /// Add or refresh a binding (matched by instance + reg-id, else by contact URI).
     Bind(Binding),
@@ -322,7 +324,11 @@ impl Location {
     /// Puts restored bindings back (after a restart): expired ones are skipped, and since the
     /// flows they came over are gone their state becomes [`FlowState::Unknown`] and their flow 0.
     /// Not marked dirty: the store already holds them. Returns how many were restored.
-    pub fn restore(&self, bindings: impl IntoIterator<Item = (String, Binding)>, now: i64) -> usize {
+    pub fn restore(
+        &self,
+        bindings: impl IntoIterator<Item = (String, Binding)>,
+        now: i64,
+    ) -> usize {
         let mut n = 0;
         for (aor, mut b) in bindings {
             if b.expires_at <= now {
@@ -576,10 +582,20 @@ mod tests {
     #[test]
     fn changes_are_tracked_as_dirty_and_restore_marks_flows_unknown() {
         let loc = Location::new();
-        loc.apply("a@h", &[BindingChange::Bind(binding("sip:x", "c", 1, 100))], 10, 0)
-            .unwrap();
-        loc.apply("b@h", &[BindingChange::Bind(binding("sip:y", "c", 1, 50))], 10, 0)
-            .unwrap();
+        loc.apply(
+            "a@h",
+            &[BindingChange::Bind(binding("sip:x", "c", 1, 100))],
+            10,
+            0,
+        )
+        .unwrap();
+        loc.apply(
+            "b@h",
+            &[BindingChange::Bind(binding("sip:y", "c", 1, 50))],
+            10,
+            0,
+        )
+        .unwrap();
         let mut d = loc.take_dirty();
         d.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(d.len(), 2);

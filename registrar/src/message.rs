@@ -114,6 +114,8 @@ pub const DEVICE_NAME_PARAM: &str = "+u.sip!devicename.ccm.cisco.com";
 
 /// One `Contact` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Short-lived, parsed once per REGISTER: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Contact {
     /// `Contact: *` (remove all bindings).
     Wildcard,
@@ -337,7 +339,12 @@ impl Request {
         let mut out = String::with_capacity(h.value.len() + 40);
         out.push_str(via.head.trim_end());
         for raw in &via.raw_params {
-            let name = raw.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = raw
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             match name.as_str() {
                 "received" if needs_received => continue,
                 "rport" => {
@@ -409,7 +416,10 @@ impl Via {
                 None => (sent_by.clone(), None),
             }
         };
-        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)) {
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        {
             return None;
         }
         if host.is_empty() || host.contains(char::is_whitespace) {
@@ -463,10 +473,13 @@ pub fn uri_has_ob(value: &str) -> bool {
     let Some(na) = name_addr(value) else {
         return false;
     };
-    na.uri
-        .split(';')
-        .skip(1)
-        .any(|p| p.split('=').next().unwrap_or("").trim().eq_ignore_ascii_case("ob"))
+    na.uri.split(';').skip(1).any(|p| {
+        p.split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("ob")
+    })
 }
 
 /// Parses a `sip:`/`sips:` URI with rsip; `None` for other schemes or malformed URIs.
@@ -825,7 +838,10 @@ fn name_addr(value: &str) -> Option<NameAddr> {
         }
     };
     let uri = uri.trim();
-    if uri.is_empty() || !uri.contains(':') || uri.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') {
+    if uri.is_empty()
+        || !uri.contains(':')
+        || uri.contains(|c: char| c.is_whitespace() || c == '<' || c == '>')
+    {
         return None;
     }
     let rest = rest.trim();

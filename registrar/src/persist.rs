@@ -28,7 +28,11 @@ pub enum PersistError {
 }
 
 /// Converts one AOR's bindings into store rows (JSON in `data`).
-pub fn to_stored(aor: &str, bindings: &[Binding], node: &str) -> Result<Vec<StoredBinding>, PersistError> {
+pub fn to_stored(
+    aor: &str,
+    bindings: &[Binding],
+    node: &str,
+) -> Result<Vec<StoredBinding>, PersistError> {
     bindings
         .iter()
         .map(|b| {
@@ -45,7 +49,11 @@ pub fn to_stored(aor: &str, bindings: &[Binding], node: &str) -> Result<Vec<Stor
 
 /// Writes every dirty AOR of `location` to `store` now; on failure they stay dirty. Returns
 /// how many AORs were written.
-pub async fn flush(location: &Location, store: &dyn Store, node: &str) -> Result<usize, PersistError> {
+pub async fn flush(
+    location: &Location,
+    store: &dyn Store,
+    node: &str,
+) -> Result<usize, PersistError> {
     let dirty = location.take_dirty();
     if dirty.is_empty() {
         return Ok(0);
@@ -73,13 +81,19 @@ pub async fn flush(location: &Location, store: &dyn Store, node: &str) -> Result
 
 /// Loads unexpired bindings from `store` into `location` with their remaining lifetime; rows
 /// that do not decode are skipped with a warning. Returns how many were restored.
-pub async fn restore(store: &dyn Store, location: &Location, now: i64) -> Result<usize, PersistError> {
+pub async fn restore(
+    store: &dyn Store,
+    location: &Location,
+    now: i64,
+) -> Result<usize, PersistError> {
     let rows = store.load_bindings(now).await?;
     let mut decoded = Vec::with_capacity(rows.len());
     for row in rows {
         match serde_json::from_str::<Binding>(&row.data) {
             Ok(b) => decoded.push((row.aor, b)),
-            Err(e) => tracing::warn!(aor = %row.aor, key = %row.key, error = %e, "stored binding skipped"),
+            Err(e) => {
+                tracing::warn!(aor = %row.aor, key = %row.key, error = %e, "stored binding skipped")
+            }
         }
     }
     let n = location.restore(decoded, now);
@@ -88,8 +102,15 @@ pub async fn restore(store: &dyn Store, location: &Location, now: i64) -> Result
 }
 
 /// The persister loop behind [`Registrar::run_persister`].
-pub(crate) async fn run(registrar: Arc<Registrar>, store: Arc<dyn Store>, cancel: CancellationToken) {
-    let interval = registrar.config.persist_interval.max(std::time::Duration::from_millis(10));
+pub(crate) async fn run(
+    registrar: Arc<Registrar>,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+) {
+    let interval = registrar
+        .config
+        .persist_interval
+        .max(std::time::Duration::from_millis(10));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let node = registrar.config.host.clone();

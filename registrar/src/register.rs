@@ -118,7 +118,11 @@ pub fn process(
     if req.via().is_empty() {
         return Some(bad_request(req, &MessageError::Missing("Via")));
     }
-    if req.via().into_iter().any(|v| crate::message::Via::parse(v).is_none()) {
+    if req
+        .via()
+        .into_iter()
+        .any(|v| crate::message::Via::parse(v).is_none())
+    {
         return Some(bad_request(req, &MessageError::Bad("Via")));
     }
     let checks = [
@@ -433,7 +437,11 @@ fn digest_step(
     };
     // The credentials for our realm; others (another hop's, Bearer) are not ours to judge.
     let mut creds = None;
-    for value in req.authorization().into_iter().chain(req.proxy_authorization()) {
+    for value in req
+        .authorization()
+        .into_iter()
+        .chain(req.proxy_authorization())
+    {
         match DigestResponse::parse(value) {
             Ok(Some(d)) if d.realm == cfg.digest_realm => {
                 creds = Some(d);
@@ -459,7 +467,14 @@ fn digest_step(
         tracing::warn!(username = %creds.username, realm = %stored.realm, "digest credential unusable for realm {}", cfg.digest_realm);
         return Err(challenge(false));
     }
-    match digest.verify(&creds, &req.method, &req.request_uri, &cfg.digest_realm, ha1, now) {
+    match digest.verify(
+        &creds,
+        &req.method,
+        &req.request_uri,
+        &cfg.digest_realm,
+        ha1,
+        now,
+    ) {
         Ok(()) => {}
         Err(DigestError::Stale) => return Err(challenge(true)),
         Err(e) => {
@@ -478,7 +493,10 @@ fn digest_step(
         Contact::Wildcard => None,
     });
     if let Some(name) = named.filter(|n| !n.eq_ignore_ascii_case(&device.name)) {
-        let why = format!("Contact names device {name}, credentials are of {}", device.name);
+        let why = format!(
+            "Contact names device {name}, credentials are of {}",
+            device.name
+        );
         return Err(forbidden(req, cfg, "Forbidden", &why));
     }
     if dir.oauth_mode() && device.oauth {
@@ -662,7 +680,8 @@ fn capitalise(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::auth::BearerError;
-    use sipreg_store::{Device, Directory, Line, SqliteStore, Store, User};
+    use crate::digest::ha1;
+    use sipreg_store::{Device, DigestCredential, Directory, Line, SqliteStore, Store, User};
     use std::sync::Arc;
 
     const NOW: i64 = 1_700_000_000;
@@ -727,6 +746,22 @@ mod tests {
                 .create_device(&dev("CSFbob", "bob", &["2020"], true))
                 .await
                 .unwrap();
+            store
+                .create_device(&dev("SEPlegacy", "bob", &["3030"], false))
+                .await
+                .unwrap();
+            for (device, user) in [("SEPlegacy", "3030"), ("CSFalice", "alice-csf")] {
+                let cred = DigestCredential {
+                    username: user.into(),
+                    realm: "ccmsipline".into(),
+                    ha1_md5: ha1(Algorithm::Md5, user, "ccmsipline", "pw"),
+                    ha1_sha256: ha1(Algorithm::Sha256, user, "ccmsipline", "pw"),
+                };
+                store
+                    .set_digest_credential(device, Some(&cred))
+                    .await
+                    .unwrap();
+            }
             Directory::load(&store).await.unwrap().snapshot()
         })
     }
@@ -1210,5 +1245,271 @@ Call-ID: c\r\nCSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
             ))
             .unwrap();
         assert_eq!((r.status, r.reason.as_str()), (400, "Bad Expires"));
+    }
+
+    /// A REGISTER for `aor_user@example.com` with `extra` headers and Call-ID `call-1`.
+    fn reg(h: &Harness, aor_user: &str, cseq: u32, extra: &str) -> Resp {
+        h.send_raw(&format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5000;branch=z9hG4bK{cseq}\r\n\
+From: <sip:{aor_user}@example.com>;tag=f\r\nTo: <sip:{aor_user}@example.com>\r\nCall-ID: call-1\r\n\
+CSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
+        ))
+        .unwrap()
+    }
+
+    fn legacy() -> Harness {
+        let mut h = Harness::new();
+        h.conn.port = PortKind::Legacy;
+        h.conn.transport = Transport::Udp;
+        h.conn.flow = 0;
+        h
+    }
+
+    /// Answers a Digest challenge like a phone: (username, password, algorithm, nc).
+    fn digest_answer(challenge: &Resp, user: &str, pw: &str, alg: Algorithm, nc: u32) -> String {
+        let www = challenge
+            .headers("WWW-Authenticate")
+            .into_iter()
+            .find(|c| c.contains(&format!("algorithm={},", alg.as_str())))
+            .unwrap()
+            .to_owned();
+        let nonce = www
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let ha1 = ha1(alg, user, "ccmsipline", pw);
+        let h = |s: &str| match alg {
+            Algorithm::Md5 => {
+                use md5::Digest;
+                hex::encode(md5::Md5::digest(s.as_bytes()))
+            }
+            Algorithm::Sha256 => {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(s.as_bytes()))
+            }
+        };
+        let ha2 = h("REGISTER:sip:example.com");
+        let resp = h(&format!("{ha1}:{nonce}:{nc:08x}:abc:auth:{ha2}"));
+        format!(
+            "Authorization: Digest username=\"{user}\", realm=\"ccmsipline\", nonce=\"{nonce}\", \
+uri=\"sip:example.com\", response=\"{resp}\", algorithm={}, qop=auth, nc={nc:08x}, cnonce=\"abc\"\r\n",
+            alg.as_str()
+        )
+    }
+
+    #[test]
+    fn legacy_digest_challenge_then_both_algorithms_register() {
+        let h = legacy();
+        let c = reg(&h, "3030", 1, "Contact: <sip:3030@10.0.0.1:5000>\r\n");
+        assert_eq!((c.status, c.reason.as_str()), (401, "Unauthorized"));
+        let www = c.headers("WWW-Authenticate");
+        assert_eq!(www.len(), 2, "one challenge per algorithm");
+        assert!(www[0].contains("algorithm=SHA-256") && www[1].contains("algorithm=MD5"));
+        assert!(www
+            .iter()
+            .all(|w| w.contains("qop=\"auth\"") && !w.contains("stale")));
+        for (cseq, alg) in (2..).zip([Algorithm::Sha256, Algorithm::Md5]) {
+            let auth = digest_answer(&c, "3030", "pw", alg, cseq);
+            let r = reg(
+                &h,
+                "3030",
+                cseq,
+                &format!("{auth}Contact: <sip:3030@10.0.0.1:5000>\r\n"),
+            );
+            assert_eq!(r.status, 200, "{}", r.text);
+            let b = &h.loc.bindings("3030@example.com", NOW)[0];
+            assert_eq!(
+                (b.user.as_str(), b.device.as_deref()),
+                ("bob", Some("SEPlegacy"))
+            );
+            assert_eq!(
+                (b.flow, b.flow_state, b.transport),
+                (0, FlowState::Datagram, Transport::Udp)
+            );
+        }
+        // Wrong password and a replayed nc are challenged again; nothing changes.
+        let bad = digest_answer(&c, "3030", "nope", Algorithm::Md5, 9);
+        assert_eq!(
+            reg(&h, "3030", 9, &format!("{bad}Contact: <sip:x@h>\r\n")).status,
+            401
+        );
+        let replay = digest_answer(&c, "3030", "pw", Algorithm::Md5, 3);
+        assert_eq!(
+            reg(&h, "3030", 10, &format!("{replay}Contact: <sip:x@h>\r\n")).status,
+            401
+        );
+        assert_eq!(h.loc.len(), 1);
+    }
+
+    #[test]
+    fn legacy_stale_nonce_and_authorization_rules() {
+        let mut h = legacy();
+        let c = reg(&h, "3030", 1, "");
+        let auth = digest_answer(&c, "3030", "pw", Algorithm::Md5, 1);
+        h.now = NOW + 301;
+        let r = reg(&h, "3030", 2, &format!("{auth}Contact: <sip:a@h>\r\n"));
+        assert_eq!(r.status, 401);
+        assert!(r
+            .headers("WWW-Authenticate")
+            .iter()
+            .all(|w| w.ends_with(", stale=true")));
+        h.now = NOW;
+        // The credential's device must carry the AOR's line.
+        let c = reg(&h, "2020", 1, "");
+        let auth = digest_answer(&c, "3030", "pw", Algorithm::Md5, 1);
+        let r = reg(&h, "2020", 2, &format!("{auth}Contact: <sip:a@h>\r\n"));
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"Line 2020 is not on device SEPlegacy\"")
+        );
+        // An OAuth device, cluster OAuth mode on: sent to the OAuth port.
+        let c = reg(&h, "1010", 1, "");
+        let auth = digest_answer(&c, "alice-csf", "pw", Algorithm::Sha256, 1);
+        let r = reg(&h, "1010", 2, &format!("{auth}Contact: <sip:a@h>\r\n"));
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"use the SIP OAuth port\"")
+        );
+        // Cluster OAuth mode off: the same device registers on the legacy port.
+        h.dir = snapshot(false);
+        let auth = digest_answer(&c, "alice-csf", "pw", Algorithm::Sha256, 2);
+        let r = reg(&h, "1010", 3, &format!("{auth}Contact: <sip:a@h>\r\n"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        // Bearer credentials mean nothing on a legacy port.
+        let r = reg(&h, "1010", 4, &format!("{AUTH}Contact: <sip:a@h>\r\n"));
+        assert_eq!(r.status, 401);
+        assert!(h.loc.bindings("3030@example.com", NOW).is_empty());
+    }
+
+    #[test]
+    fn domains_are_checked_in_step_1_and_5() {
+        let mut h = Harness::new();
+        h.cfg.domains = vec!["Example.com".into()];
+        let r = h.register(1, &format!("{AUTH}{CONTACT}"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = h
+            .send_raw(&format!(
+                "REGISTER sip:other.org SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1010@example.com>;tag=f\r\n\
+To: <sip:1010@example.com>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n{AUTH}{CONTACT}Content-Length: 0\r\n\r\n"
+            ))
+            .unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (404, "Domain Not Served"));
+        let r = h
+            .send_raw(&format!(
+                "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1010@other.org>;tag=f\r\n\
+To: <sip:1010@other.org>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n{AUTH}{CONTACT}Content-Length: 0\r\n\r\n"
+            ))
+            .unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (404, "Not Found"));
+        assert_eq!(
+            r.header("Warning"),
+            Some("399 sipreg \"Domain other.org is not served here\"")
+        );
+        // Authentication comes first (step 3 before step 5).
+        let r = h
+            .send_raw(&format!(
+                "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS x;branch=z9hG4bK1\r\nFrom: <sip:1010@other.org>;tag=f\r\n\
+To: <sip:1010@other.org>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n{CONTACT}Content-Length: 0\r\n\r\n"
+            ))
+            .unwrap();
+        assert_eq!(r.status, 401);
+    }
+
+    #[test]
+    fn path_needs_supported_path_unless_configured() {
+        let mut h = Harness::new();
+        let r = h.register(1, &format!("{AUTH}Path: <sip:edge;lr>\r\n{CONTACT}"));
+        assert_eq!((r.status, r.reason.as_str()), (420, "Bad Extension"));
+        assert!(h.loc.is_empty());
+        h.cfg.path_requires_supported = false;
+        let r = h.register(2, &format!("{AUTH}Path: <sip:edge;lr>\r\n{CONTACT}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("Path"), Some("<sip:edge;lr>"));
+    }
+
+    #[test]
+    fn outbound_direct_flow_gets_require_and_flow_timer() {
+        let h = Harness::new();
+        let contact = "Contact: <sip:a@10.0.0.1:5000;transport=tls>;+sip.instance=\"<urn:uuid:1>\";reg-id=1\r\n";
+        let r = h.register(1, &format!("{AUTH}Supported: outbound, path\r\n{contact}"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("Require"), Some("outbound"));
+        assert_eq!(r.header("Flow-Timer"), Some("120"));
+        let b = &h.loc.bindings("1010@example.com", NOW)[0];
+        assert!(b.outbound);
+        assert_eq!(
+            (b.reg_id, b.flow, b.flow_state),
+            (Some(1), 7, FlowState::Open)
+        );
+        // Without Supported: outbound, no Require (RFC 5626 §6), binding still keyed by reg-id.
+        let r = h.register(2, &format!("{AUTH}{contact}"));
+        assert_eq!((r.status, r.header("Require")), (200, None));
+        assert_eq!(h.loc.len(), 1);
+    }
+
+    #[test]
+    fn outbound_through_a_first_hop_without_ob_is_439() {
+        let h = Harness::new();
+        let contact = "Contact: <sip:a@h>;+sip.instance=\"<urn:uuid:1>\";reg-id=1\r\n";
+        let r = h.register(
+            1,
+            &format!(
+                "{AUTH}Supported: outbound, path\r\nPath: <sip:edge.example.com;lr>\r\n{contact}"
+            ),
+        );
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (439, "First Hop Lacks Outbound Support")
+        );
+        assert!(h.loc.is_empty());
+        // With `ob` on the top Path URI: outbound applies; Flow-Timer is the edge's business.
+        let r = h.register(
+            2,
+            &format!("{AUTH}Supported: outbound, path\r\nPath: <sip:edge.example.com;lr;ob>\r\n{contact}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            (r.header("Require"), r.header("Flow-Timer")),
+            (Some("outbound"), None)
+        );
+        assert_eq!(r.header("Path"), Some("<sip:edge.example.com;lr;ob>"));
+        // Without Supported: outbound the reg-id is ignored instead (no 439).
+        let r = h.register(
+            3,
+            &format!("{AUTH}Supported: path\r\nPath: <sip:edge.example.com;lr>\r\nContact: <sip:b@h>;+sip.instance=\"<urn:uuid:2>\";reg-id=1\r\n"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        let b = h.loc.bindings("1010@example.com", NOW);
+        assert_eq!(
+            b.iter()
+                .find(|b| b.contact_uri == "sip:b@h")
+                .unwrap()
+                .reg_id,
+            None
+        );
+    }
+
+    #[test]
+    fn q_values_are_kept_and_bad_ones_refused() {
+        let h = Harness::new();
+        let r = h.register(
+            1,
+            &format!("{AUTH}Contact: <sip:a@h>;q=0.25, <sip:b@h>;q=1.0\r\n"),
+        );
+        assert_eq!(
+            r.headers("Contact"),
+            vec![
+                "<sip:a@h>;expires=3600;q=0.25",
+                "<sip:b@h>;expires=3600;q=1.0"
+            ]
+        );
+        let r = h.register(2, &format!("{AUTH}Contact: <sip:c@h>;q=1.5\r\n"));
+        assert_eq!((r.status, r.reason.as_str()), (400, "Bad Contact q"));
+        assert_eq!(h.loc.len(), 2);
     }
 }

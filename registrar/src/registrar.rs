@@ -146,12 +146,20 @@ impl Registrar {
     fn reject_with(&self, msg: &[u8], conn: &ConnectionFacts, e: &MessageError) -> Option<Vec<u8>> {
         match e {
             // RFC 3261 §21.5.7 (RFC 4475 §3.1.2.16).
-            MessageError::BadVersion => self.error_response(msg, conn, 505, "Version Not Supported"),
+            MessageError::BadVersion => {
+                self.error_response(msg, conn, 505, "Version Not Supported")
+            }
             e => self.error_response(msg, conn, 400, &e.to_string()),
         }
     }
 
-    fn error_response(&self, msg: &[u8], conn: &ConnectionFacts, status: u16, reason: &str) -> Option<Vec<u8>> {
+    fn error_response(
+        &self,
+        msg: &[u8],
+        conn: &ConnectionFacts,
+        status: u16,
+        reason: &str,
+    ) -> Option<Vec<u8>> {
         // Any Via, even a malformed one, is copied back so the client can match the answer.
         let mut r = Request::parse_lenient(msg).filter(|r| !r.via().is_empty())?;
         r.stamp_via(conn.remote);
@@ -324,7 +332,10 @@ mod tests {
             r.connection_closed(&facts(9));
             assert_eq!(r.location.len(), left);
             if !unbind {
-                assert_eq!(r.location.bindings("a@h", 0)[0].flow_state, FlowState::Closed);
+                assert_eq!(
+                    r.location.bindings("a@h", 0)[0].flow_state,
+                    FlowState::Closed
+                );
             }
         }
     }

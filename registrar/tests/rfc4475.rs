@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipreg_registrar::{
-    frame_datagram, Answer, BearerError, BearerValidator, ConnectionFacts, Frame, PortKind, Registrar,
-    RegistrarConfig, StreamFramer, TokenIdentity, Transport,
+    frame_datagram, Answer, BearerError, BearerValidator, ConnectionFacts, Frame, PortKind,
+    Registrar, RegistrarConfig, StreamFramer, TokenIdentity, Transport,
 };
 use sipreg_store::{Directory, SqliteStore};
 
@@ -139,7 +139,10 @@ impl Outcome2 {
 }
 
 fn corpus_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/rfc4475"));
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/rfc4475"
+    ));
     if dir.is_dir() {
         return Some(dir);
     }
@@ -163,7 +166,10 @@ fn status(resp: &[u8]) -> u16 {
     let text = String::from_utf8_lossy(resp);
     let line = text.split("\r\n").next().unwrap_or_default();
     assert!(line.starts_with("SIP/2.0 "), "not a SIP response: {text}");
-    assert!(text.ends_with("\r\n\r\n"), "response not terminated: {text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "response not terminated: {text}"
+    );
     line[8..11].parse().unwrap()
 }
 
@@ -249,10 +255,16 @@ async fn rfc4475_corpus_matches_the_expected_outcomes() {
             "{name:<11} {section:<26} stream {got_stream:?} udp {got_dgram:?}\n"
         ));
         if got_stream != stream.full() {
-            failures.push(format!("{name} ({section}) stream: want {:?}, got {got_stream:?}", stream.full()));
+            failures.push(format!(
+                "{name} ({section}) stream: want {:?}, got {got_stream:?}",
+                stream.full()
+            ));
         }
         if got_dgram != dgram.full() {
-            failures.push(format!("{name} ({section}) udp: want {:?}, got {got_dgram:?}", dgram.full()));
+            failures.push(format!(
+                "{name} ({section}) udp: want {:?}, got {got_dgram:?}",
+                dgram.full()
+            ));
         }
     }
     eprintln!("{report}");

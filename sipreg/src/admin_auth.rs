@@ -1,12 +1,13 @@
 //! Who may use the admin API and what they did: admin tokens with scopes, the audit log, and
 //! `ETag`/`If-Match` so two admins do not overwrite each other silently.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use base64::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sipreg_store::{AdminToken, AuditEntry};
 use subtle::ConstantTimeEq;
 
-use crate::api::{ApiJson, ApiState};
+use crate::api::{ApiJson, ApiQuery, ApiState};
 use crate::problem::Problem;
 
 /// What a token may do.
@@ -135,14 +136,14 @@ pub fn check_if_match<T: Serialize>(headers: &HeaderMap, current: &T) -> Result<
 }
 
 /// Admin token and audit routes.
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/admin-tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/admin-tokens/{id}", delete(delete_token))
-        .route("/api/v1/audit", get(read_audit))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(delete_token))
+        .routes(routes!(read_audit))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
@@ -154,7 +155,7 @@ fn admin_scope() -> String {
     "admin".into()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     #[serde(flatten)]
     token: AdminToken,
@@ -162,6 +163,7 @@ struct CreatedToken {
     secret: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/admin-tokens", tag = "admin", request_body = NewToken, responses((status = 201, description = "Created; the secret is shown once", body = CreatedToken)))]
 async fn create_token(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -203,10 +205,12 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin-tokens", tag = "admin", responses((status = 200, description = "Admin tokens (never their secrets)", body = [AdminToken])))]
 async fn list_tokens(State(s): State<ApiState>) -> Result<Json<Vec<AdminToken>>, Problem> {
     Ok(Json(s.store.admin_tokens().await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/admin-tokens/{id}", tag = "admin", params(("id" = String, Path, description = "Token id")), responses((status = 204, description = "Revoked")))]
 async fn delete_token(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -230,7 +234,8 @@ async fn delete_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
     #[serde(default)]
     after: i64,
@@ -242,9 +247,10 @@ fn default_limit() -> u32 {
     100
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "admin", params(AuditQuery), responses((status = 200, description = "Audit entries, oldest first", body = [AuditEntry])))]
 async fn read_audit(
     State(s): State<ApiState>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, Problem> {
     Ok(Json(s.store.audit(q.after, q.limit.clamp(1, 1000)).await?))
 }

@@ -9,6 +9,9 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -33,36 +36,45 @@ pub struct ApiState {
     pub tokens: Arc<sipreg_tokensvc::TokenService>,
 }
 
-/// The `/api/v1` router, every route behind the admin token.
+/// The `/api/v1` router, every route behind the admin token, and the OpenAPI document.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/oauth-mode",
-            get(get_oauth_mode).put(put_oauth_mode),
-        )
-        .route("/api/v1/users", get(list_users).post(create_user))
-        .route("/api/v1/users/{id}", get(get_user).delete(delete_user))
-        .route("/api/v1/devices", get(list_devices).post(create_device))
-        .route(
-            "/api/v1/devices/{name}",
-            get(get_device).delete(delete_device),
-        )
-        .merge(crate::api_nodes::router())
-        .merge(crate::admin_auth::router())
-        .merge(crate::api_status::router())
+    let (documented, mut doc) = documented_routes().split_for_parts();
+    crate::openapi::add_problem_responses(&mut doc);
+    let doc: axum::body::Bytes = serde_json::to_vec(&doc).unwrap_or_default().into();
+    let protected = documented
         .merge(crate::api_tokens::router())
         .route(
             "/api/v1/{*rest}",
             put(no_such_api)
                 .get(no_such_api)
                 .post(no_such_api)
-                .delete(no_such_api),
+                .delete(no_such_api)
+                .patch(no_such_api),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::admin_auth::require_admin,
         ))
-        .with_state(state)
+        .with_state(state);
+    Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))),
+        )
+        .merge(protected)
+}
+
+/// Every route the OpenAPI document describes.
+pub fn documented_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(get_oauth_mode, put_oauth_mode))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, delete_user))
+        .routes(routes!(list_devices, create_device))
+        .routes(routes!(get_device, delete_device))
+        .merge(crate::api_nodes::router())
+        .merge(crate::admin_auth::router())
+        .merge(crate::api_status::router())
 }
 
 async fn no_such_api() -> Problem {
@@ -87,6 +99,24 @@ where
     }
 }
 
+/// A query string whose rejections become problem responses.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(Problem::bad_query(e.body_text())),
+        }
+    }
+}
+
 fn rejection_text(e: &JsonRejection) -> String {
     match e {
         JsonRejection::MissingJsonContentType(_) => {
@@ -96,17 +126,19 @@ fn rejection_text(e: &JsonRejection) -> String {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 struct OAuthMode {
     enabled: bool,
 }
 
+#[utoipa::path(get, path = "/api/v1/oauth-mode", tag = "cluster", responses((status = 200, description = "Cluster SIP OAuth mode", body = OAuthMode)))]
 async fn get_oauth_mode(State(s): State<ApiState>) -> Result<Response, Problem> {
     Ok(with_etag(OAuthMode {
         enabled: s.store.cluster_settings().await?.oauth_mode,
     }))
 }
 
+#[utoipa::path(put, path = "/api/v1/oauth-mode", tag = "cluster", params(("If-Match" = Option<String>, Header, description = "ETag from a GET")), request_body = OAuthMode, responses((status = 200, description = "Applied: the SIP OAuth port is open or closed now", body = OAuthMode)))]
 async fn put_oauth_mode(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -132,14 +164,14 @@ async fn put_oauth_mode(
     Ok(with_etag(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     id: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct UserView {
     id: String,
     created_at: i64,
@@ -176,6 +208,7 @@ fn valid_id(field: &'static str, v: &str, max: usize, extra: &[char]) -> Result<
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser, responses((status = 201, description = "Created", body = UserView)))]
 async fn create_user(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -212,9 +245,10 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(Page), responses((status = 200, description = "Users", body = [UserView])))]
 async fn list_users(
     State(s): State<ApiState>,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, Problem> {
     let users: Vec<UserView> = s
         .store
@@ -226,6 +260,7 @@ async fn list_users(
     Ok(page.apply("users", users))
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user", body = UserView)))]
 async fn get_user(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Response, Problem> {
     s.store
         .user(&id)
@@ -234,6 +269,7 @@ async fn get_user(State(s): State<ApiState>, Path(id): Path<String>) -> Result<R
         .ok_or_else(|| Problem::not_found(format!("user {id} not found")))
 }
 
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id"), ("If-Match" = Option<String>, Header, description = "ETag from a GET")), responses((status = 204, description = "Deleted with its devices and tokens")))]
 async fn delete_user(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -258,7 +294,7 @@ async fn delete_user(
 }
 
 /// A line as the API accepts it: `"1010"` or `{"dn": "1010", "display_name": "Jo"}`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum LineIn {
     Dn(String),
@@ -268,7 +304,7 @@ enum LineIn {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDevice {
     name: String,
@@ -278,6 +314,7 @@ struct NewDevice {
     oauth: bool,
 }
 
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = NewDevice, responses((status = 201, description = "Created", body = Device)))]
 async fn create_device(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -332,13 +369,15 @@ async fn create_device(
     Ok((StatusCode::CREATED, Json(device)))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(Page), responses((status = 200, description = "Devices", body = [Device])))]
 async fn list_devices(
     State(s): State<ApiState>,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, Problem> {
     Ok(page.apply("devices", s.store.devices().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{name}", tag = "devices", params(("name" = String, Path, description = "Device name")), responses((status = 200, description = "The device", body = Device)))]
 async fn get_device(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -350,6 +389,7 @@ async fn get_device(
         .ok_or_else(|| Problem::not_found(format!("device {name} not found")))
 }
 
+#[utoipa::path(delete, path = "/api/v1/devices/{name}", tag = "devices", params(("name" = String, Path, description = "Device name"), ("If-Match" = Option<String>, Header, description = "ETag from a GET")), responses((status = 204, description = "Deleted")))]
 async fn delete_device(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -375,7 +415,8 @@ async fn delete_device(
 
 /// `?limit=&offset=` on list endpoints; the answer stays a JSON array, with `X-Total-Count` and an
 /// RFC 8288 `Link: <...>; rel="next"` while more remain.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
     #[serde(default)]
     offset: usize,

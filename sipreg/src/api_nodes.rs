@@ -1,8 +1,9 @@
 //! `/api/v1/nodes`: each node's advertised and listened-on ports; a change moves the listener live.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use serde::Deserialize;
 use sipreg_store::Node;
 
@@ -10,16 +11,16 @@ use crate::api::{ApiJson, ApiState};
 use crate::problem::Problem;
 
 /// Node routes (mounted behind the admin token by [`crate::api::router`]).
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(list_nodes)).routes(routes!(get_node, patch_node))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, description = "Nodes with their ports", body = [Node])))]
 async fn list_nodes(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, Problem> {
     Ok(Json(s.store.nodes().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, description = "Node name")), responses((status = 200, description = "The node", body = Node)))]
 async fn get_node(
     State(s): State<ApiState>,
     Path(name): Path<String>,
@@ -36,7 +37,7 @@ async fn find(s: &ApiState, name: &str) -> Result<Node, Problem> {
         .ok_or_else(|| Problem::not_found(format!("node {name} not found")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NodePatch {
     sip_oauth_port: Option<u16>,
@@ -57,6 +58,7 @@ fn oauth_range(field: &'static str, v: u16) -> Result<u16, Problem> {
     }
 }
 
+#[utoipa::path(patch, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, description = "Node name")), request_body = NodePatch, responses((status = 200, description = "Applied: the listener moved", body = Node)))]
 async fn patch_node(
     State(s): State<ApiState>,
     Path(name): Path<String>,

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use serde_json::{json, Value};
 use sipreg_registrar::Registrar;
 
@@ -24,10 +25,11 @@ pub struct StatusInfo {
 }
 
 /// The status route.
-pub fn router() -> Router<ApiState> {
-    Router::new().route("/api/v1/status", get(status))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(status))
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "status", responses((status = 200, description = "Node, listeners, OAuth mode, counts, certificate expiry", body = Object)))]
 async fn status(State(s): State<ApiState>) -> Result<Json<Value>, Problem> {
     let snap = s.live.directory().snapshot();
     let oauth = s.live.oauth_local_addr();

@@ -47,6 +47,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// This node's name (`processNodeName`); defaults to the host name.
     pub node_name: Option<String>,
+    /// The store URL: `sqlite://PATH` or `postgres://USER@HOST/DB` (a cluster's shared database);
+    /// defaults to the SQLite file `sipreg.db` in the data dir.
+    pub store: Option<String>,
     /// The host name clients use to reach this node; defaults to the host name.
     pub public_host: Option<String>,
     /// Listener addresses and ports.

@@ -107,7 +107,8 @@ impl Live {
                 c = rx.recv() => c,
             };
             let keys_changed = match change {
-                Ok(Change::SigningKeys) => true,
+                // Reload: another node's change may have been missed (safety net, reconnect).
+                Ok(Change::SigningKeys | Change::Reload) => true,
                 Ok(_) => false,
                 // Missed notifications: reload everything.
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,

@@ -17,6 +17,7 @@ mod config_service;
 mod health;
 mod https;
 mod live;
+mod openapi;
 mod problem;
 mod serve;
 
@@ -145,6 +146,9 @@ struct ServeArgs {
     /// This node's name (overrides `node_name`).
     #[arg(long)]
     node_name: Option<String>,
+    /// Store URL, `sqlite://PATH` or `postgres://USER@HOST/DB` (overrides `store`).
+    #[arg(long, env = "SIPREG_STORE")]
+    store: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -237,6 +241,9 @@ fn serve_options(
     }
     if a.node_name.is_some() {
         cfg.node_name = a.node_name;
+    }
+    if a.store.is_some() {
+        cfg.store = a.store;
     }
     cfg.validate()?;
     // The config file's data_dir applies unless the command line or environment named one.

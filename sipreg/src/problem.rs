@@ -6,7 +6,7 @@ use serde::Serialize;
 use sipreg_store::StoreError;
 
 /// An RFC 9457 problem response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
@@ -39,6 +39,17 @@ impl Problem {
         Problem {
             kind: "urn:sipreg:problem:bad-body",
             title: "Malformed request body",
+            status: 400,
+            detail: detail.into(),
+            field: None,
+        }
+    }
+
+    /// 400 for a query string that does not parse.
+    pub fn bad_query(detail: impl Into<String>) -> Self {
+        Problem {
+            kind: "urn:sipreg:problem:bad-query",
+            title: "Malformed query string",
             status: 400,
             detail: detail.into(),
             field: None,

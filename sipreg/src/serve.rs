@@ -121,10 +121,18 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     create_private_dir(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
 
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&data_dir.join("sipreg.db"))
-            .map_err(|e| format!("cannot open the database: {e}"))?,
-    );
+    let store: Arc<dyn Store> = match &cfg.store {
+        Some(url) => sipreg_store::open(url).await.map_err(|e| {
+            format!(
+                "cannot open the store {}: {e}",
+                sipreg_store::redact_url(url)
+            )
+        })?,
+        None => Arc::new(
+            SqliteStore::open(&data_dir.join("sipreg.db"))
+                .map_err(|e| format!("cannot open the database: {e}"))?,
+        ),
+    };
     let host = host_name();
     let public_host = cfg.public_host.clone().unwrap_or_else(|| host.clone());
     let node_name = cfg.node_name.clone().unwrap_or_else(|| host.clone());
@@ -258,6 +266,12 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registrar.clone().spawn_expiry_sweeper(cancel.clone()));
     tasks.spawn(live.clone().follow(cancel.clone()));
+    tasks.spawn(sipreg_store::heartbeat_loop(
+        store.clone(),
+        node_name.clone(),
+        sipreg_store::HEARTBEAT_INTERVAL,
+        cancel.clone().cancelled_owned(),
+    ));
     tasks.spawn(crate::api_tokens::prune_keys(
         tokens.clone(),
         store.clone(),

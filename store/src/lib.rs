@@ -1,21 +1,31 @@
 //! sipreg's data model and its persistence.
 //!
 //! Callers hold an [`Arc<dyn Store>`](Store) and never care which backend is behind it: the embedded
-//! default is one SQLite file ([`SqliteStore`]); a PostgreSQL backend for clusters implements the
-//! same trait. Every write publishes a [`Change`] so caches such as the registrar's [`Directory`]
-//! follow live. Types that matter: [`Store`], [`Directory`], [`DirectorySnapshot`], the model types.
+//! default is one SQLite file ([`SqliteStore`]); [`PostgresStore`] lets several nodes share one
+//! PostgreSQL database. [`open`] picks the backend from a store URL. Every write publishes a
+//! [`Change`] so caches such as the registrar's [`Directory`] follow live; with PostgreSQL the
+//! change reaches every node through LISTEN/NOTIFY. Types that matter: [`Store`], [`Directory`],
+//! [`DirectorySnapshot`], [`NodeStatus`], the model types.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 mod directory;
+mod heartbeat;
 mod model;
+mod open;
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod testsuite;
 
 pub use directory::{Directory, DirectorySnapshot};
 pub use model::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
-    OAuthClient, RefreshToken, RefreshUse, SigningKey, StoredBinding, TrustCert, User,
+    NodeStatus, OAuthClient, RefreshToken, RefreshUse, SigningKey, StoredBinding, TrustCert, User,
 };
+pub use heartbeat::{heartbeat_loop, HEARTBEAT_INTERVAL};
+pub use open::{open, redact_url};
+pub use postgres::{PostgresStore, DEFAULT_RELOAD_INTERVAL};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -155,4 +165,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Subscribes to change notifications.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change>;
+
+    /// Records that `node` is alive at `now` (unix seconds); `NotFound` for an unknown node.
+    /// Publishes no [`Change`]: heartbeats are frequent and change nothing a cache holds.
+    async fn heartbeat(&self, node: &str, now: i64) -> Result<()> {
+        // A backend without heartbeats accepts and forgets them; its nodes list as never seen.
+        let _ = (node, now);
+        Ok(())
+    }
+
+    /// Nodes ordered by name, each with its last heartbeat.
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>> {
+        Ok(self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|node| NodeStatus {
+                node,
+                last_heartbeat: None,
+            })
+            .collect())
+    }
+
+    /// Like [`Store::write_bindings`], but replaces only the rows `node` holds for each listed AOR,
+    /// so nodes sharing one database do not delete each other's bindings. A row of another node
+    /// with the same (AOR, key) is taken over: the device re-registered here.
+    async fn write_node_bindings(
+        &self,
+        node: &str,
+        batch: &[(String, Vec<StoredBinding>)],
+    ) -> Result<()> {
+        // Single-node backends hold one node's rows only, so replacing the whole AOR is the same.
+        let _ = node;
+        self.write_bindings(batch).await
+    }
 }

@@ -1,9 +1,10 @@
 //! The data model shared by every service: plain values, no I/O.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// An end user who owns devices and obtains tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct User {
     /// The user id (`sub` of the user's access tokens).
     pub id: String,
@@ -15,7 +16,7 @@ pub struct User {
 }
 
 /// A directory number (line) on a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Line {
     /// The directory number, e.g. `1010`; the user part of the AOR.
     pub dn: String,
@@ -25,7 +26,7 @@ pub struct Line {
 }
 
 /// A phone or soft client, e.g. `CSFjdoe`, with its lines and security profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Device {
     /// Device name as the client sends it in `+u.sip!devicename.ccm.cisco.com`.
     pub name: String,
@@ -47,14 +48,14 @@ impl Device {
 }
 
 /// Cluster-wide settings (Unified CM's `ClusterSIPOAuthMode` and friends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterSettings {
     /// Cluster SIP OAuth mode; off by default, as in Unified CM.
     pub oauth_mode: bool,
 }
 
 /// A sipreg node with the ports it advertises and listens on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Node {
     /// Node name (`processNodeName`).
     pub name: String,
@@ -120,7 +121,7 @@ pub enum RefreshUse {
 }
 
 /// A device's Digest credential for the legacy SIP ports; only the HA1 hashes are kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DigestCredential {
     /// The Digest user name.
     pub username: String,
@@ -135,7 +136,7 @@ pub struct DigestCredential {
 }
 
 /// A registered OAuth client (RFC 6749 §2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OAuthClient {
     /// The `client_id`.
     pub id: String,
@@ -150,7 +151,7 @@ pub struct OAuthClient {
 }
 
 /// A trusted edge proxy (Expressway-C-like) allowed on the MRA OAuth port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Edge {
     /// Host name or IP address; the key.
     pub host: String,
@@ -163,7 +164,7 @@ pub struct Edge {
 }
 
 /// A CA certificate in the trust store ("Tomcat-trust").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TrustCert {
     /// Hex SHA-256 fingerprint of the DER; the key.
     pub fingerprint: String,
@@ -213,10 +214,23 @@ pub enum Change {
     Trust,
     /// A device's Digest credential changed.
     Digest(String),
+    /// Anything may have changed (a lost notification, a reconnect to the database, the periodic
+    /// safety-net check): reload everything, signing keys included.
+    Reload,
+}
+
+/// A node with the time it last said it was alive, for the cluster's node list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node and its ports.
+    #[serde(flatten)]
+    pub node: Node,
+    /// Unix seconds of the node's last heartbeat; `None` when it never sent one.
+    pub last_heartbeat: Option<i64>,
 }
 
 /// An admin API token; only its SHA-256 is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AdminToken {
     /// Short id shown in lists and used to revoke.
     pub id: String,
@@ -232,7 +246,7 @@ pub struct AdminToken {
 }
 
 /// One audited change: who did what to which resource, with before/after.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     /// Increasing id.
     pub id: i64,

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
-    OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError, StoredBinding,
+    NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError, StoredBinding,
     TrustCert, User,
 };
 
@@ -84,6 +84,9 @@ CREATE TABLE audit_log (
     before TEXT NOT NULL, after TEXT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE nodes ADD COLUMN heartbeat_at INTEGER;
+"#,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -139,6 +142,13 @@ impl SqliteStore {
 
 fn migrate(conn: &Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    // Forward-only: a database a newer sipreg migrated may hold data this one would mangle.
+    if version > MIGRATIONS.len() as i64 {
+        return Err(StoreError::Invalid(format!(
+            "database schema version {version} is newer than this sipreg knows ({}); upgrade sipreg",
+            MIGRATIONS.len()
+        )));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         conn.execute_batch(&format!(
             "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
@@ -978,6 +988,76 @@ impl Store for SqliteStore {
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
+
+    async fn heartbeat(&self, node: &str, now: i64) -> Result<()> {
+        let n = node.to_owned();
+        self.with(move |c| {
+            if c.execute(
+                "UPDATE nodes SET heartbeat_at = ?2 WHERE name = ?1",
+                params![n, now],
+            )? == 0
+            {
+                return Err(StoreError::NotFound(format!("node {n}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, host, sip_port, secured_sip_port, sip_oauth_port, sip_mra_oauth_port,
+                        heartbeat_at
+                 FROM nodes ORDER BY name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(NodeStatus {
+                        node: Node {
+                            name: r.get(0)?,
+                            host: r.get(1)?,
+                            sip_port: r.get(2)?,
+                            secured_sip_port: r.get(3)?,
+                            sip_oauth_port: r.get(4)?,
+                            sip_mra_oauth_port: r.get(5)?,
+                        },
+                        last_heartbeat: r.get(6)?,
+                    })
+                })?
+                .collect::<std::result::Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn write_node_bindings(
+        &self,
+        node: &str,
+        batch: &[(String, Vec<StoredBinding>)],
+    ) -> Result<()> {
+        let node = node.to_owned();
+        let batch = batch.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut del =
+                    tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1 AND node = ?2")?;
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO bindings (aor, key, expires_at, node, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (aor, rows) in &batch {
+                    del.execute(params![aor, node])?;
+                    for b in rows {
+                        ins.execute(params![aor, b.key, b.expires_at, node, b.data])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1031,6 +1111,37 @@ mod tests {
             d.lines.iter().map(|l| l.dn.as_str()).collect::<Vec<_>>(),
             ["1010", "1011"]
         );
+    }
+
+    #[tokio::test]
+    async fn the_previous_release_schema_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            // The previous release's database: every migration but the last.
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..MIGRATIONS.len() - 1].iter().enumerate() {
+                conn.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO nodes VALUES ('n1', 'h', 5060, 5061, 5090, 5091)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        s.heartbeat("n1", 7).await.unwrap();
+        assert_eq!(s.node_statuses().await.unwrap()[0].last_heartbeat, Some(7));
+        drop(s);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Invalid(m)) if m.contains("newer")
+        ));
     }
 
     #[tokio::test]

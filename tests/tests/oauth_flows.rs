@@ -75,7 +75,11 @@ async fn register(s: &Server, token: &str) -> u16 {
     let call_id = format!("oauth-flows-{n}");
     let mut c = s.sip_connect().await.unwrap();
     let r = c
-        .request(&Register::new("1010", &call_id, 1, c.local).bearer(token).build())
+        .request(
+            &Register::new("1010", &call_id, 1, c.local)
+                .bearer(token)
+                .build(),
+        )
         .await
         .unwrap();
     r.code
@@ -146,7 +150,10 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     // Discovery (RFC 8414) tells the client where everything is.
     let meta: Value = s
         .http()
-        .get(format!("{}/.well-known/oauth-authorization-server", s.base()))
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            s.base()
+        ))
         .send()
         .await
         .unwrap()
@@ -193,8 +200,11 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
 
     // The code needs its verifier; a failed exchange spends it (so it cannot be retried).
     let exchange = |verifier: &'static str| {
-        let (code, redirect_uri, token_endpoint) =
-            (code.clone(), redirect_uri.to_owned(), token_endpoint.to_owned());
+        let (code, redirect_uri, token_endpoint) = (
+            code.clone(),
+            redirect_uri.to_owned(),
+            token_endpoint.to_owned(),
+        );
         let http = s.http().clone();
         async move {
             let resp = http
@@ -216,7 +226,10 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     let (status, tokens) = exchange(VERIFIER).await;
     assert_eq!(status, 200, "{tokens}");
     let (status, replay) = exchange(VERIFIER).await;
-    assert_eq!((status, replay["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let first_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(tokens["scope"], "sip:register");
@@ -233,9 +246,15 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     let r2 = t2["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(r1, r2);
     let (status, reuse) = refresh(&s, &r1).await;
-    assert_eq!((status, reuse["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(
+        (status, reuse["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
     let (status, _) = refresh(&s, &r2).await;
-    assert_eq!(status, 400, "reuse of r1 revoked the whole family, r2 included");
+    assert_eq!(
+        status, 400,
+        "reuse of r1 revoked the whole family, r2 included"
+    );
 
     // The access token from the browser login registers.
     assert_eq!(register(&s, &access).await, 200);
@@ -256,7 +275,12 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     // Revocation (RFC 7009): a refresh token ends its login; an access token ends at once.
     let t = s.password_token("alice", "pw-alice").await;
     let r = t["refresh_token"].as_str().unwrap();
-    let (status, _) = post_form(&s, "/oauth/revoke", &[("token", r), ("client_id", "softphone")]).await;
+    let (status, _) = post_form(
+        &s,
+        "/oauth/revoke",
+        &[("token", r), ("client_id", "softphone")],
+    )
+    .await;
     assert_eq!(status, 200);
     let (status, _) = refresh(&s, r).await;
     assert_eq!(status, 400);
@@ -270,8 +294,16 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     let (_, info) = introspect(&s, &access, Some(&admin)).await;
     assert_eq!(info, json!({"active": false}));
     assert_eq!(register(&s, &access).await, 401, "a revoked access token");
-    let (status, _) = post_form(&s, "/oauth/revoke", &[("token", "junk"), ("client_id", "softphone")]).await;
-    assert_eq!(status, 200, "unknown tokens are not an error (RFC 7009 §2.2)");
+    let (status, _) = post_form(
+        &s,
+        "/oauth/revoke",
+        &[("token", "junk"), ("client_id", "softphone")],
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "unknown tokens are not an error (RFC 7009 §2.2)"
+    );
 }
 
 #[tokio::test]
@@ -282,7 +314,11 @@ async fn the_login_page_refuses_unregistered_redirects_and_registered_clients_wo
         let url = format!("{}{path}", s.base());
         async move {
             let resp = http.get(url).send().await.unwrap();
-            (resp.status().as_u16(), resp.headers().clone(), resp.text().await.unwrap())
+            (
+                resp.status().as_u16(),
+                resp.headers().clone(),
+                resp.text().await.unwrap(),
+            )
         }
     };
     let pkce = format!("code_challenge={CHALLENGE}&code_challenge_method=S256");
@@ -311,22 +347,32 @@ async fn the_login_page_refuses_unregistered_redirects_and_registered_clients_wo
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, _) = s.cli(&["client", "list"], None);
     assert_eq!(code, 0);
-    assert!(out.contains("deskapp") && out.contains("softphone"), "{out}");
+    assert!(
+        out.contains("deskapp") && out.contains("softphone"),
+        "{out}"
+    );
     let (status, headers, body) = get(format!(
         "/oauth/authorize?response_type=code&client_id=deskapp&{pkce}"
     ))
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Desk App"));
-    assert!(headers["set-cookie"].to_str().unwrap().starts_with("__Host-sipreg-login="));
+    assert!(headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .starts_with("__Host-sipreg-login="));
     let (status, _, _) = get(format!(
         "/oauth/authorize?response_type=code&client_id=deskapp&redirect_uri=https%3A%2F%2Fapp.example%2Fcb2&{pkce}"
     ))
     .await;
     assert_eq!(status, 400);
     // PKCE is mandatory: without it the client hears invalid_request at its redirect URI.
-    let resp = s
-        .http()
+    let no_redirects = reqwest::Client::builder()
+        .use_preconfigured_tls(sipreg_e2e::client_tls(&s.ca_pem()))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects
         .get(format!(
             "{}/oauth/authorize?response_type=code&client_id=deskapp&state=q",
             s.base()
@@ -336,12 +382,21 @@ async fn the_login_page_refuses_unregistered_redirects_and_registered_clients_wo
         .unwrap();
     assert_eq!(resp.status().as_u16(), 303);
     let location = resp.headers()["location"].to_str().unwrap();
-    assert!(location.starts_with("https://app.example/cb?error=invalid_request"), "{location}");
+    assert!(
+        location.starts_with("https://app.example/cb?error=invalid_request"),
+        "{location}"
+    );
     assert!(location.contains("state=q"));
 
     // An invalid redirect URI is refused at registration.
     let (code, _, err) = s.cli(
-        &["client", "add", "bad", "--redirect-uri", "http://evil.example/cb"],
+        &[
+            "client",
+            "add",
+            "bad",
+            "--redirect-uri",
+            "http://evil.example/cb",
+        ],
         None,
     );
     assert_eq!(code, 1, "{err}");
@@ -470,7 +525,11 @@ print(h + "." + p + "." + b64(sig))
         ])
         .output()
         .unwrap();
-    assert!(dup.status.success(), "{}", String::from_utf8_lossy(&dup.stderr));
+    assert!(
+        dup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
     let dup = String::from_utf8(dup.stdout).unwrap();
     assert_eq!(register(&s, dup.trim()).await, 401, "duplicate `sub`");
     // A refresh token presented as an access token.
@@ -508,19 +567,31 @@ async fn key_rotation_keeps_old_tokens_working_until_revoke_previous() {
         .json()
         .await
         .unwrap();
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "old key still published");
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "old key still published"
+    );
 
     let new = s.password_token("alice", "pw-alice").await["access_token"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert_ne!(new.split('.').next(), old.split('.').next(), "a new kid signs");
+    assert_ne!(
+        new.split('.').next(),
+        old.split('.').next(),
+        "a new kid signs"
+    );
     assert_eq!(register(&s, &new).await, 200);
 
     let (code, out, err) = s.cli(&["keys", "rotate", "--revoke-previous"], None);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(register(&s, &old).await, 401, "the old key is gone");
-    assert_eq!(register(&s, &new).await, 401, "so is the one before this rotation");
+    assert_eq!(
+        register(&s, &new).await,
+        401,
+        "so is the one before this rotation"
+    );
     let (_, keys) = s.api(reqwest::Method::GET, "keys", None).await;
     assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
     assert_eq!(keys[0]["state"], "active");
@@ -549,14 +620,22 @@ async fn user_revoke_tokens_makes_the_next_register_fail_at_once() {
     let (code, out, err) = s.cli(&["user", "revoke-tokens", "alice"], None);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("revoked 1 refresh token"), "{out}");
-    assert_eq!(register(&s, &access).await, 401, "revoked at the registrar at once");
+    assert_eq!(
+        register(&s, &access).await,
+        401,
+        "revoked at the registrar at once"
+    );
     let (status, _) = refresh(&s, &refresh_token).await;
     assert_eq!(status, 400, "the refresh token is gone too");
 
     // Bob is unaffected; alice can sign in again (after the revocation second has passed).
     let mut c = s.sip_connect().await.unwrap();
     let r = c
-        .request(&Register::new("2000", "bob-1", 1, c.local).bearer(&bob).build())
+        .request(
+            &Register::new("2000", "bob-1", 1, c.local)
+                .bearer(&bob)
+                .build(),
+        )
         .await
         .unwrap();
     assert_eq!(r.code, 200, "{}", r.text);
@@ -587,26 +666,71 @@ async fn user_revoke_tokens_makes_the_next_register_fail_at_once() {
 async fn password_guessing_backs_off_without_revealing_which_users_exist() {
     let s = ready().await;
     let attempt = |user: &'static str, pw: &'static str| {
-        let s = &s;
+        let http = s.http().clone();
+        let url = format!("{}/oauth/token", s.base());
         async move {
-            s.token_request(&[
-                ("grant_type", "password"),
-                ("username", user),
-                ("password", pw),
-                ("client_id", "softphone"),
-            ])
-            .await
+            let resp = http
+                .post(url)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", user),
+                    ("password", pw),
+                    ("client_id", "softphone"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let retry_after: i64 = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            (status, retry_after, resp.json::<Value>().await.unwrap())
         }
     };
+    let mut answers = Vec::new();
+    let mut first = Vec::new();
     for user in ["alice", "ghost"] {
-        for _ in 0..6 {
-            let (status, body) = attempt(user, "guess").await;
+        first.push(answers.len());
+        // Five free failures, then waits that double (1 s, 2 s, 4 s, ...).
+        for _ in 0..5 {
+            let (status, _, body) = attempt(user, "guess").await;
             assert_eq!(status, 400, "{body}");
+            answers.push(body);
         }
-        let (status, body) = attempt(user, "pw-alice").await;
+        let mut waited = 0;
+        for _ in 0..20 {
+            let (status, retry_after, body) = attempt(user, "guess").await;
+            match status {
+                400 => answers.push(body),
+                429 if retry_after >= 3 => {
+                    waited = retry_after;
+                    break;
+                }
+                429 => tokio::time::sleep(std::time::Duration::from_secs(retry_after as u64)).await,
+                other => panic!("{user}: {other} {body}"),
+            }
+        }
+        assert!(waited >= 3, "{user}: the wait grows");
+        // Even the right password must wait now: the answer does not depend on it.
+        let (status, _, body) = attempt(user, "pw-alice").await;
         assert_eq!(status, 429, "{user}: {body}");
         assert_eq!(body["error"], "invalid_grant");
+        answers.push(body);
     }
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.get("access_token").is_none())
+            .all(|a| a["error"] == "invalid_grant"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[first[0]], answers[first[1]],
+        "a real and an unknown user look the same"
+    );
 }
 
 #[tokio::test]
@@ -624,10 +748,16 @@ async fn the_password_grant_can_be_switched_off_in_the_config() {
             ("client_id", "softphone"),
         ])
         .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unsupported_grant_type"))
+    );
     let meta: Value = s
         .http()
-        .get(format!("{}/.well-known/oauth-authorization-server", s.base()))
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            s.base()
+        ))
         .send()
         .await
         .unwrap()

@@ -155,6 +155,9 @@ struct RunArgs {
     /// PID of the server, to report its memory (PSS of its process tree).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Storm: close each connection once its REGISTER is answered (beyond the fd limit).
+    #[arg(long)]
+    release_each: bool,
     /// Exit non-zero unless every REGISTER got a 2xx.
     #[arg(long)]
     expect_ok: bool,
@@ -278,6 +281,7 @@ async fn cmd_run(a: RunArgs) -> Result<(), String> {
         hold: secs(a.hold)?,
         keepalive: secs(a.keepalive)?,
         server_pid: a.server_pid,
+        release_each: a.release_each,
         tokens: Arc::new(tokens),
     };
     let summary = run(a.scenario, connector, opts)
