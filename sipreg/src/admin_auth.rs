@@ -6,8 +6,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use base64::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -15,6 +13,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sipreg_store::{AdminToken, AuditEntry};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{ApiJson, ApiQuery, ApiState};
 use crate::problem::Problem;

@@ -9,13 +9,13 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
-use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sipreg_store::{Device, Line, Store, User};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::admin_auth::{audit, check_if_match, with_etag, Actor};
 use crate::live::Live;
@@ -59,7 +59,9 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(
             "/api/v1/openapi.json",
-            get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))),
+            get(move || {
+                std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))
+            }),
         )
         .merge(protected)
 }
@@ -109,7 +111,10 @@ where
 {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(ApiQuery(v)),
             Err(e) => Err(Problem::bad_query(e.body_text())),

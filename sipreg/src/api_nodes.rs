@@ -2,17 +2,19 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use serde::Deserialize;
 use sipreg_store::Node;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{ApiJson, ApiState};
 use crate::problem::Problem;
 
 /// Node routes (mounted behind the admin token by [`crate::api::router`]).
 pub fn router() -> OpenApiRouter<ApiState> {
-    OpenApiRouter::new().routes(routes!(list_nodes)).routes(routes!(get_node, patch_node))
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes))
+        .routes(routes!(get_node, patch_node))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, description = "Nodes with their ports", body = [Node])))]

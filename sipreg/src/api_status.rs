@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use serde_json::{json, Value};
 use sipreg_registrar::Registrar;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::ApiState;
 use crate::problem::Problem;

@@ -17,6 +17,7 @@ mod config_service;
 mod health;
 mod https;
 mod live;
+mod metrics;
 mod openapi;
 mod problem;
 mod serve;

@@ -34,14 +34,19 @@ impl Modify for Common {
 /// Adds the RFC 9457 problem responses to every operation that does not document them itself.
 pub fn add_problem_responses(doc: &mut utoipa::openapi::OpenApi) {
     let problem = || {
-        ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build()
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("Problem")))
+            .build()
     };
     let cases: [(&str, &str); 8] = [
         ("400", "The request breaks a rule; `field` names it"),
         ("401", "Missing or wrong admin token"),
         ("403", "The token may not do this (read-only)"),
         ("404", "No such resource"),
-        ("409", "Conflicts with existing state (exists already, port taken)"),
+        (
+            "409",
+            "Conflicts with existing state (exists already, port taken)",
+        ),
         ("412", "`If-Match` no longer matches"),
         ("422", "Refers to something that does not exist"),
         ("500", "Internal error; see the server log"),
@@ -58,9 +63,16 @@ pub fn add_problem_responses(doc: &mut utoipa::openapi::OpenApi) {
         .flatten()
         {
             for (code, text) in cases {
-                op.responses.responses.entry(code.to_string()).or_insert_with(|| {
-                    ResponseBuilder::new().description(text).content("application/problem+json", problem()).build().into()
-                });
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(text)
+                            .content("application/problem+json", problem())
+                            .build()
+                            .into()
+                    });
             }
         }
     }

@@ -35,18 +35,26 @@ pub struct ServeOptions {
 const REGISTER_SCOPE: &str = "sip:register";
 
 /// Adapts the token service's validator to the registrar's trait and enforces the register scope.
-struct ScopedValidator(AccessTokenValidator);
+struct ScopedValidator {
+    inner: AccessTokenValidator,
+    outcomes: Arc<crate::metrics::TokenOutcomes>,
+}
 
 impl BearerValidator for ScopedValidator {
     fn validate(&self, token: &str, now: i64) -> Result<TokenIdentity, BearerError> {
-        let claims = self.0.validate(token, now).map_err(|e| BearerError {
-            description: e.to_string(),
+        let claims = self.inner.validate(token, now).map_err(|e| {
+            self.outcomes.count(crate::metrics::outcome_label(&e));
+            BearerError {
+                description: e.to_string(),
+            }
         })?;
         if !claims.scope.split(' ').any(|s| s == REGISTER_SCOPE) {
+            self.outcomes.count("insufficient_scope");
             return Err(BearerError {
                 description: format!("token lacks scope {REGISTER_SCOPE}"),
             });
         }
+        self.outcomes.count("ok");
         Ok(TokenIdentity {
             user: claims.sub,
             scope: claims.scope,
@@ -224,7 +232,11 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     // One validator for registrar and config service: shared cache, revocations and directory.
     let config_validator: AccessTokenValidator = tokens.validator().clone();
     config_validator.attach_directory(directory.clone());
-    let validator = ScopedValidator(config_validator.clone());
+    let token_outcomes = Arc::new(crate::metrics::TokenOutcomes::default());
+    let validator = ScopedValidator {
+        inner: config_validator.clone(),
+        outcomes: token_outcomes.clone(),
+    };
 
     let reg_cfg = RegistrarConfig {
         realm: public_host.clone(),
@@ -293,6 +305,11 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         .clone()
         .router()
         .merge(crate::health::router(api_state.clone()))
+        .merge(crate::metrics::router(Arc::new(crate::metrics::Sources {
+            registrar: registrar.clone(),
+            tokens: token_outcomes.clone(),
+            started: std::time::Instant::now(),
+        })))
         .merge(api::router(api_state));
     tasks.spawn(crate::https::serve(
         https_listener,

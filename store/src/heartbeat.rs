@@ -10,7 +10,7 @@ use crate::Store;
 /// How often [`heartbeat_loop`] is meant to beat; a node silent for three intervals is likely down.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

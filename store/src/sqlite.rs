@@ -86,6 +86,7 @@ CREATE TABLE audit_log (
 "#,
     r#"
 ALTER TABLE nodes ADD COLUMN heartbeat_at INTEGER;
+CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL);
 "#,
 ];
 
@@ -156,6 +157,23 @@ fn migrate(conn: &Connection) -> Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// How long a revoked family's tombstone is kept: longer than any refresh token lives (365 days).
+const FAMILY_TOMBSTONE_SECS: i64 = 366 * 86400;
+
+fn family_revoked(conn: &Connection, family: &str) -> Result<bool> {
+    if family.is_empty() {
+        return Ok(false);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM revoked_refresh_families WHERE family = ?1",
+            params![family],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 fn map_unique(e: rusqlite::Error, what: String) -> StoreError {
@@ -503,6 +521,10 @@ impl Store for SqliteStore {
                     |r| read_refresh(r).map(|(t, _)| t),
                 )
                 .optional()?;
+            let tok = match tok {
+                Some(t) if family_revoked(&tx, &t.family)? => None,
+                other => other,
+            };
             tx.execute(
                 "DELETE FROM refresh_tokens WHERE hash = ?1 OR expires_at <= ?2",
                 params![hash, now],
@@ -526,9 +548,13 @@ impl Store for SqliteStore {
                     read_refresh,
                 )
                 .optional()?;
+            let revoked = match &row {
+                Some((t, _)) => family_revoked(&tx, &t.family)?,
+                None => false,
+            };
             let out = match row {
                 None => RefreshUse::Unknown,
-                Some((t, _)) if t.expires_at <= now => RefreshUse::Unknown,
+                Some((t, _)) if t.expires_at <= now || revoked => RefreshUse::Unknown,
                 Some((t, true)) => RefreshUse::Reused(t),
                 Some((t, false)) => {
                     tx.execute(
@@ -542,6 +568,10 @@ impl Store for SqliteStore {
                 "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
                 params![now],
             )?;
+            tx.execute(
+                "DELETE FROM revoked_refresh_families WHERE revoked_at <= ?1",
+                params![now - FAMILY_TOMBSTONE_SECS],
+            )?;
             tx.commit()?;
             Ok(out)
         })
@@ -551,10 +581,21 @@ impl Store for SqliteStore {
     async fn revoke_refresh_family(&self, family: &str) -> Result<u64> {
         let family = family.to_owned();
         self.with(move |c| {
-            Ok(c.execute(
+            let tx = c.transaction()?;
+            // The tombstone also kills a token of the family inserted after this (a rotation racing
+            // with the reuse that revoked it, possibly on another node).
+            if !family.is_empty() {
+                tx.execute(
+                    "INSERT OR REPLACE INTO revoked_refresh_families (family, revoked_at) VALUES (?1, ?2)",
+                    params![family, crate::heartbeat::unix_now()],
+                )?;
+            }
+            let n = tx.execute(
                 "DELETE FROM refresh_tokens WHERE family = ?1",
                 params![family],
-            )? as u64)
+            )? as u64;
+            tx.commit()?;
+            Ok(n)
         })
         .await
     }

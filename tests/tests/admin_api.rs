@@ -175,54 +175,117 @@ async fn a_port_change_moves_the_oauth_listener_live_and_clashes_are_refused() {
     assert_eq!(nodes[0]["sip_oauth_port"], s.sip_oauth_port);
 
     // Out of Unified CM's range.
-    let (st, p) = s.api(reqwest::Method::PATCH, "nodes/node1", Some(json!({"sip_oauth_port": 80}))).await;
-    assert_eq!((st, p["field"].as_str()), (400, Some("sip_oauth_port")), "{p}");
+    let (st, p) = s
+        .api(
+            reqwest::Method::PATCH,
+            "nodes/node1",
+            Some(json!({"sip_oauth_port": 80})),
+        )
+        .await;
+    assert_eq!(
+        (st, p["field"].as_str()),
+        (400, Some("sip_oauth_port")),
+        "{p}"
+    );
     // Clashes with this node's HTTPS listener.
-    let (st, p) = s.api(reqwest::Method::PATCH, "nodes/node1", Some(json!({"sip_oauth_port": s.https_port}))).await;
+    let (st, p) = s
+        .api(
+            reqwest::Method::PATCH,
+            "nodes/node1",
+            Some(json!({"sip_oauth_port": s.https_port})),
+        )
+        .await;
     assert_eq!(st, 409, "{p}");
-    assert!(p["detail"].as_str().unwrap().contains("listen.https_port"), "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("listen.https_port"),
+        "{p}"
+    );
     // Held by another process: refused, and the old port keeps working.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap().port();
-    let (st, p) = s.api(reqwest::Method::PATCH, "nodes/node1", Some(json!({"sip_oauth_port": taken}))).await;
+    let (st, p) = s
+        .api(
+            reqwest::Method::PATCH,
+            "nodes/node1",
+            Some(json!({"sip_oauth_port": taken})),
+        )
+        .await;
     assert_eq!(st, 409, "{p}");
-    assert!(s.sip_connect().await.is_ok(), "the old port still serves after a refused change");
+    assert!(
+        s.sip_connect().await.is_ok(),
+        "the old port still serves after a refused change"
+    );
     let (_, nodes) = s.api(reqwest::Method::GET, "nodes", None).await;
-    assert_eq!(nodes[0]["sip_oauth_port"], s.sip_oauth_port, "the store keeps the old port");
+    assert_eq!(
+        nodes[0]["sip_oauth_port"], s.sip_oauth_port,
+        "the store keeps the old port"
+    );
     drop(squatter);
 
     // A free port: the listener moves without a restart.
     let new_port = sipreg_e2e::free_port();
-    let (st, p) = s.api(reqwest::Method::PATCH, "nodes/node1", Some(json!({"sip_oauth_port": new_port}))).await;
+    let (st, p) = s
+        .api(
+            reqwest::Method::PATCH,
+            "nodes/node1",
+            Some(json!({"sip_oauth_port": new_port})),
+        )
+        .await;
     assert_eq!(st, 200, "{p}");
     let ca = s.ca_pem();
     let moved = sipreg_e2e::SipClient::connect(([127, 0, 0, 1], new_port).into(), &ca).await;
     assert!(moved.is_ok(), "the new port serves at once");
     assert!(s.sip_connect().await.is_err(), "the old port is closed");
     let (_, body) = s.config_file("CSFport.cnf.xml").await;
-    assert!(body.contains(&format!("<sipOAuthPort>{new_port}</sipOAuthPort>")), "config files advertise it: {body}");
+    assert!(
+        body.contains(&format!("<sipOAuthPort>{new_port}</sipOAuthPort>")),
+        "config files advertise it: {body}"
+    );
 }
 
 #[tokio::test]
 async fn health_and_readiness_probes_need_no_token() {
     let s = Server::start().await;
-    let r = s.http().get(format!("{}/healthz", s.base())).send().await.unwrap();
+    let r = s
+        .http()
+        .get(format!("{}/healthz", s.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = s.http().get(format!("{}/readyz", s.base())).send().await.unwrap();
+    let r = s
+        .http()
+        .get(format!("{}/readyz", s.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["store"], "ok", "{body}");
-    assert_eq!(body["sip_oauth_listener"], "closed (OAuth mode off)", "{body}");
+    assert_eq!(
+        body["sip_oauth_listener"], "closed (OAuth mode off)",
+        "{body}"
+    );
     s.oauth_mode(true);
-    let body: serde_json::Value =
-        s.http().get(format!("{}/readyz", s.base())).send().await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = s
+        .http()
+        .get(format!("{}/readyz", s.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["sip_oauth_listener"], "open", "{body}");
 }
 
 #[tokio::test]
 async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_are_audited() {
     let s = Server::start().await;
-    let (code, out, err) = s.cli(&["token", "create", "auditor", "--read-only", "--json"], None);
+    let (code, out, err) = s.cli(
+        &["token", "create", "auditor", "--read-only", "--json"],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let secret = created["secret"].as_str().unwrap().to_owned();
@@ -230,9 +293,22 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
 
     // The read-only token reads but cannot write.
     let url = |p: &str| format!("{}/api/v1/{p}", s.base());
-    let r = s.http().get(url("users")).bearer_auth(&secret).send().await.unwrap();
+    let r = s
+        .http()
+        .get(url("users"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = s.http().post(url("users")).bearer_auth(&secret).json(&json!({"id": "x", "password": "y"})).send().await.unwrap();
+    let r = s
+        .http()
+        .post(url("users"))
+        .bearer_auth(&secret)
+        .json(&json!({"id": "x", "password": "y"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let p: serde_json::Value = r.json().await.unwrap();
     assert!(p["detail"].as_str().unwrap().contains("read-only"), "{p}");
@@ -240,8 +316,20 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
     // ETag / If-Match on the OAuth mode resource.
     let (code, _, _) = s.cli(&["user", "add", "ivy"], Some("pw\n"));
     assert_eq!(code, 0);
-    let (_, _) = s.api(reqwest::Method::POST, "devices", Some(json!({"name": "CSFivy", "owner": "ivy", "lines": ["1"]}))).await;
-    let r = s.http().get(url("devices/CSFivy")).bearer_auth(admin_token(&s)).send().await.unwrap();
+    let (_, _) = s
+        .api(
+            reqwest::Method::POST,
+            "devices",
+            Some(json!({"name": "CSFivy", "owner": "ivy", "lines": ["1"]})),
+        )
+        .await;
+    let r = s
+        .http()
+        .get(url("devices/CSFivy"))
+        .bearer_auth(admin_token(&s))
+        .send()
+        .await
+        .unwrap();
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     let r = s
         .http()
@@ -252,27 +340,48 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 412, "a stale If-Match is refused");
-    let r = s.http().delete(url("devices/CSFivy")).bearer_auth(admin_token(&s)).header("If-Match", &etag).send().await.unwrap();
+    let r = s
+        .http()
+        .delete(url("devices/CSFivy"))
+        .bearer_auth(admin_token(&s))
+        .header("If-Match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 204, "the current ETag wins");
 
     // The audit log names who did what, with before and after.
     let (_, log) = s.api(reqwest::Method::GET, "audit", None).await;
     let entries = log.as_array().unwrap();
-    let del = entries.iter().find(|e| e["action"] == "DELETE /api/v1/devices/CSFivy").expect("deletion audited");
+    let del = entries
+        .iter()
+        .find(|e| e["action"] == "DELETE /api/v1/devices/CSFivy")
+        .expect("deletion audited");
     assert_eq!(del["actor"], "bootstrap");
     assert_eq!(del["before"]["name"], "CSFivy");
     assert!(del["after"].is_null());
-    assert!(entries.iter().any(|e| e["action"] == "POST /api/v1/users/ivy"));
+    assert!(entries
+        .iter()
+        .any(|e| e["action"] == "POST /api/v1/users/ivy"));
 
     // Revoked tokens stop working.
     let (code, _, err) = s.cli(&["token", "revoke", created["id"].as_str().unwrap()], None);
     assert_eq!(code, 0, "{err}");
-    let r = s.http().get(url("users")).bearer_auth(&secret).send().await.unwrap();
+    let r = s
+        .http()
+        .get(url("users"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
 
 fn admin_token(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir.join("admin-token")).unwrap().trim().to_owned()
+    std::fs::read_to_string(s.data_dir.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -282,18 +391,36 @@ async fn status_shows_listeners_and_counts_and_completions_print() {
     let (code, out, err) = s.cli(&["status"], None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("node1") && out.contains("disabled"), "{out}");
-    assert!(out.contains("sip-oauth (TLS)") && out.contains("closed"), "{out}");
+    assert!(
+        out.contains("sip-oauth (TLS)") && out.contains("closed"),
+        "{out}"
+    );
     s.oauth_mode(true);
     let (_, out, _) = s.cli(&["status", "--json"], None);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["counts"]["devices"], 1);
     assert_eq!(v["counts"]["users"], 1);
-    let oauth = v["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "sip-oauth (TLS)").unwrap().clone();
+    let oauth = v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "sip-oauth (TLS)")
+        .unwrap()
+        .clone();
     assert_eq!(oauth["open"], true, "{v}");
     assert_eq!(oauth["address"], format!("127.0.0.1:{}", s.sip_oauth_port));
-    assert!(v["server_certificate_expires"].as_str().unwrap().contains("GMT"), "{v}");
+    assert!(
+        v["server_certificate_expires"]
+            .as_str()
+            .unwrap()
+            .contains("GMT"),
+        "{v}"
+    );
 
     let (code, out, _) = s.cli(&["completions", "bash"], None);
     assert_eq!(code, 0);
-    assert!(out.contains("_sipreg") && out.contains("oauth-mode"), "bash completion script");
+    assert!(
+        out.contains("_sipreg") && out.contains("oauth-mode"),
+        "bash completion script"
+    );
 }

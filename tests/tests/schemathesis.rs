@@ -5,15 +5,25 @@ use sipreg_e2e::{peers_required, Server};
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
-    let have = std::process::Command::new("schemathesis").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let have = std::process::Command::new("schemathesis")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !have {
-        assert!(!peers_required(), "schemathesis is required under CI=true (pip install schemathesis)");
+        assert!(
+            !peers_required(),
+            "schemathesis is required under CI=true (pip install schemathesis)"
+        );
         eprintln!("SKIP: schemathesis not installed (pip install schemathesis)");
         return;
     }
     let s = Server::start().await;
     s.add_user_and_device("seed", "pw-seed", "CSFseed", &["1300"], true);
-    let token = std::fs::read_to_string(s.data_dir.join("admin-token")).unwrap().trim().to_owned();
+    let token = std::fs::read_to_string(s.data_dir.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
     let work = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("schemathesis")
         .current_dir(work.path())
@@ -26,11 +36,29 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .output()
         .await
         .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "schemathesis found problems:\n{report}\nserver log tail:\n{}", tail(&s.log()));
-    assert!(report.contains("Tested:"), "schemathesis ran operations: {report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\nserver log tail:\n{}",
+        tail(&s.log())
+    );
+    assert!(
+        report.contains("Tested:"),
+        "schemathesis ran operations: {report}"
+    );
 }
 
 fn tail(s: &str) -> String {
-    s.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    s.lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
 }

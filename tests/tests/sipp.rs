@@ -9,9 +9,17 @@ use sipreg_e2e::{free_port, peers_required, Server};
 
 /// Whether `cmd` runs; otherwise skip (or fail under CI=true).
 fn have(cmd: &str, package: &str) -> bool {
-    let ok = Command::new(cmd).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let ok = Command::new(cmd)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if !ok {
-        assert!(!peers_required(), "{cmd} is required under CI=true (apt-get install {package})");
+        assert!(
+            !peers_required(),
+            "{cmd} is required under CI=true (apt-get install {package})"
+        );
         eprintln!("SKIP: {cmd} not installed (apt-get install {package})");
     }
     ok
@@ -38,10 +46,19 @@ impl Stunnel {
             ),
         )
         .unwrap();
-        let child = Command::new("stunnel").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new("stunnel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "stunnel did not start: {}", std::fs::read_to_string(dir.join("stunnel.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "stunnel did not start: {}",
+                std::fs::read_to_string(dir.join("stunnel.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Stunnel { child, port }
@@ -56,12 +73,38 @@ impl Drop for Stunnel {
 }
 
 /// Runs sipp to completion; returns (success, its error/trace output).
-fn run_sipp(dir: &Path, scenario: &str, target: &str, transport: &str, csv: &Path, calls: u32) -> (bool, String) {
-    let scen = Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp").join(scenario);
+fn run_sipp(
+    dir: &Path,
+    scenario: &str,
+    target: &str,
+    transport: &str,
+    csv: &Path,
+    calls: u32,
+) -> (bool, String) {
+    let scen = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sipp")
+        .join(scenario);
     let out = Command::new("sipp")
         .current_dir(dir)
-        .args(["-sf", scen.to_str().unwrap(), "-t", transport, "-m", &calls.to_string(), "-r", "10"])
-        .args(["-inf", csv.to_str().unwrap(), "-nostdin", "-timeout", "30s", "-trace_err", "-trace_msg"])
+        .args([
+            "-sf",
+            scen.to_str().unwrap(),
+            "-t",
+            transport,
+            "-m",
+            &calls.to_string(),
+            "-r",
+            "10",
+        ])
+        .args([
+            "-inf",
+            csv.to_str().unwrap(),
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-trace_err",
+            "-trace_msg",
+        ])
         .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
         .arg(target)
         .stdin(Stdio::null())
@@ -71,7 +114,10 @@ fn run_sipp(dir: &Path, scenario: &str, target: &str, transport: &str, csv: &Pat
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with("_errors.log") || name.ends_with("_messages.log") {
-            log.push_str(&format!("\n--- {name}\n{}", std::fs::read_to_string(e.path()).unwrap_or_default()));
+            log.push_str(&format!(
+                "\n--- {name}\n{}",
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            ));
         }
     }
     (out.status.success(), log)
@@ -87,7 +133,10 @@ async fn sipp_register_life_cycle_over_tls_through_stunnel_with_bearer_tokens() 
     for (i, user) in ["amy", "ben", "cat"].iter().enumerate() {
         let line = format!("70{i:02}");
         s.add_user_and_device(user, "pw-sipp", &format!("CSF{user}"), &[&line], true);
-        let token = s.password_token(user, "pw-sipp").await["access_token"].as_str().unwrap().to_owned();
+        let token = s.password_token(user, "pw-sipp").await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         csv.push_str(&format!("{line};{token};\n"));
     }
     s.oauth_mode(true);
@@ -97,7 +146,17 @@ async fn sipp_register_life_cycle_over_tls_through_stunnel_with_bearer_tokens() 
     let ca = s.data_dir.join("tls/ca.pem");
     let tunnel = Stunnel::start(work.path(), s.sip_oauth_port, &ca);
 
-    let (ok, log) = run_sipp(work.path(), "oauth-register.xml", &format!("127.0.0.1:{}", tunnel.port), "t1", &csv_path, 3);
+    let (ok, log) = run_sipp(
+        work.path(),
+        "oauth-register.xml",
+        &format!("127.0.0.1:{}", tunnel.port),
+        "t1",
+        &csv_path,
+        3,
+    );
     assert!(ok, "sipp failed:\n{log}\nserver log:\n{}", s.log());
-    assert!(log.contains("Bearer"), "the message trace shows the tokens were sent: {log}");
+    assert!(
+        log.contains("Bearer"),
+        "the message trace shows the tokens were sent: {log}"
+    );
 }

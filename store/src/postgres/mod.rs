@@ -34,7 +34,12 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Serialises signing-key changes across nodes ("sipregky").
 const KEYS_LOCK: i64 = 0x7369_7072_6567_6b79;
 
-const REFRESH_COLUMNS: &str = "hash, user_id, client_id, scope, issued_at, expires_at, family, used";
+/// The refresh token's columns, then whether its family was revoked (a tombstone exists).
+const REFRESH_COLUMNS: &str = "hash, user_id, client_id, scope, issued_at, expires_at, family, used,
+    (family <> '' AND EXISTS (SELECT 1 FROM revoked_refresh_families f WHERE f.family = refresh_tokens.family))";
+
+/// How long a revoked family's tombstone is kept: longer than any refresh token lives (365 days).
+const FAMILY_TOMBSTONE_SECS: i64 = 366 * 86400;
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -88,7 +93,8 @@ fn read_node(row: &Row) -> Result<Node> {
     })
 }
 
-fn read_refresh(row: &Row) -> Result<(RefreshToken, bool)> {
+/// The token, whether it was used, and whether its family was revoked.
+fn read_refresh(row: &Row) -> Result<(RefreshToken, bool, bool)> {
     Ok((
         RefreshToken {
             hash: row.try_get(0)?,
@@ -100,6 +106,7 @@ fn read_refresh(row: &Row) -> Result<(RefreshToken, bool)> {
             family: row.try_get(6)?,
         },
         row.try_get(7)?,
+        row.try_get(8)?,
     ))
 }
 
@@ -274,6 +281,11 @@ impl PostgresStore {
             "DELETE FROM refresh_tokens WHERE hash IN (
                  SELECT hash FROM refresh_tokens WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
             &[&now],
+        )
+        .await?;
+        c.execute(
+            "DELETE FROM revoked_refresh_families WHERE revoked_at <= $1",
+            &[&(now - FAMILY_TOMBSTONE_SECS)],
         )
         .await?;
         Ok(())
@@ -605,8 +617,8 @@ impl Store for PostgresStore {
         self.purge_expired_refresh(&c, now).await?;
         let tok = row.as_ref().map(read_refresh).transpose()?;
         Ok(tok
-            .filter(|(_, used)| !used)
-            .map(|(t, _)| t)
+            .filter(|(_, used, revoked)| !used && !revoked)
+            .map(|(t, _, _)| t)
             .filter(|t| t.expires_at > now))
     }
 
@@ -623,9 +635,9 @@ impl Store for PostgresStore {
                 .await?;
             let out = match row.as_ref().map(read_refresh).transpose()? {
                 None => RefreshUse::Unknown,
-                Some((t, _)) if t.expires_at <= now => RefreshUse::Unknown,
-                Some((t, true)) => RefreshUse::Reused(t),
-                Some((t, false)) => {
+                Some((t, _, revoked)) if t.expires_at <= now || revoked => RefreshUse::Unknown,
+                Some((t, true, _)) => RefreshUse::Reused(t),
+                Some((t, false, _)) => {
                     tx.execute(
                         "UPDATE refresh_tokens SET used = TRUE WHERE hash = $1",
                         &[&hash],
@@ -642,9 +654,23 @@ impl Store for PostgresStore {
     }
 
     async fn revoke_refresh_family(&self, family: &str) -> Result<u64> {
-        let c = self.client().await?;
-        Ok(c.execute("DELETE FROM refresh_tokens WHERE family = $1", &[&family])
-            .await?)
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // The tombstone also kills a token of the family inserted after this: a rotation racing
+        // with the reuse that revoked it, possibly on another node.
+        if !family.is_empty() {
+            tx.execute(
+                "INSERT INTO revoked_refresh_families (family, revoked_at) VALUES ($1, $2)
+                 ON CONFLICT (family) DO UPDATE SET revoked_at = EXCLUDED.revoked_at",
+                &[&family, &crate::heartbeat::unix_now()],
+            )
+            .await?;
+        }
+        let n = tx
+            .execute("DELETE FROM refresh_tokens WHERE family = $1", &[&family])
+            .await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn revoke_user_refresh_tokens(&self, user: &str, client_id: Option<&str>) -> Result<u64> {

@@ -81,6 +81,7 @@ CREATE TABLE audit_log (
 "#,
     r#"
 ALTER TABLE nodes ADD COLUMN heartbeat_at BIGINT;
+CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at BIGINT NOT NULL);
 "#,
 ];
 

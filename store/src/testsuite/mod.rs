@@ -74,6 +74,7 @@ suite!(
     heartbeats_are_listed_with_their_nodes,
     node_bindings_leave_other_nodes_rows_alone,
     every_write_publishes_its_change,
+    a_revoked_family_stays_revoked_for_racing_rotations,
 );
 
 pub(crate) fn user(id: &str) -> User {
@@ -638,5 +639,41 @@ async fn every_write_publishes_its_change(s: Arc<dyn Store>) {
         next_change(&mut rx, Duration::from_millis(300)).await,
         None,
         "each change once (a node skips its own notifications)"
+    );
+}
+
+async fn a_revoked_family_stays_revoked_for_racing_rotations(s: Arc<dyn Store>) {
+    s.create_user(&user("ann")).await.unwrap();
+    s.insert_refresh_token(&refresh("old", "ann", "fam", 1000))
+        .await
+        .unwrap();
+    s.insert_refresh_token(&refresh("other", "ann", "fam2", 1000))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.use_refresh_token("old", 5).await.unwrap(),
+        RefreshUse::Fresh(_)
+    ));
+    // A second node sees the reuse and revokes the family before the winner stored its new token.
+    assert!(matches!(
+        s.use_refresh_token("old", 5).await.unwrap(),
+        RefreshUse::Reused(_)
+    ));
+    assert_eq!(s.revoke_refresh_family("fam").await.unwrap(), 1);
+    s.insert_refresh_token(&refresh("new", "ann", "fam", 1000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.use_refresh_token("new", 6).await.unwrap(),
+        RefreshUse::Unknown,
+        "the rotated token of a revoked family is dead"
+    );
+    s.insert_refresh_token(&refresh("new2", "ann", "fam", 1000))
+        .await
+        .unwrap();
+    assert_eq!(s.take_refresh_token("new2", 6).await.unwrap(), None);
+    assert!(
+        matches!(s.use_refresh_token("other", 6).await.unwrap(), RefreshUse::Fresh(_)),
+        "other families are untouched"
     );
 }

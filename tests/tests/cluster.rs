@@ -1,0 +1,441 @@
+//! Clusters: two `sipreg serve` processes (nodes `a` and `b`, own data dirs and ports) share one
+//! PostgreSQL database that this test starts (Debian's `postgresql` package; skipped when it is
+//! missing, a failure when `CI=true`). Changes made through node A's API reach node B within a
+//! second, tokens from A register on B, and a refresh race across the nodes has one winner.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sipreg_e2e::{client_tls, free_port, install_crypto_provider, peers_required, sipreg_bin};
+use sipreg_e2e::{Register, SipClient};
+
+/// A throw-away PostgreSQL server in a temp dir, stopped when dropped.
+struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .max()
+        });
+        let Some(bin) = bin else {
+            assert!(
+                !peers_required(),
+                "PostgreSQL is not installed (apt-get install postgresql); required when CI=true"
+            );
+            eprintln!("skipping: PostgreSQL is not installed (apt-get install postgresql)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        std::fs::create_dir(dir.path().join("sock")).unwrap();
+        if as_postgres {
+            // PostgreSQL refuses to run as root.
+            assert!(Command::new("chmod")
+                .arg("755")
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success());
+            assert!(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success());
+        }
+        let pg = Postgres {
+            bin,
+            dir,
+            port: free_port(),
+            as_postgres,
+        };
+        let out = pg
+            .cmd("initdb")
+            .arg("-D")
+            .arg(pg.data())
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--locale=C",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            pg.port,
+            pg.dir.path().join("sock").display()
+        );
+        let ok = pg
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(pg.data())
+            .args(["-o", &opts, "-l"])
+            .arg(pg.dir.path().join("pg.log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "pg_ctl start failed");
+        Some(pg)
+    }
+
+    fn cmd(&self, tool: &str) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(tool));
+            c
+        } else {
+            Command::new(self.bin.join(tool))
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// One `sipreg serve` node on the shared store.
+struct Node {
+    dir: tempfile::TempDir,
+    https_port: u16,
+    config_port: u16,
+    sip_oauth_port: u16,
+    child: Child,
+    http: reqwest::Client,
+    admin_token: String,
+}
+
+impl Node {
+    async fn start(name: &str, store: &str) -> Node {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (https_port, config_port, sip_oauth_port) = (free_port(), free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(sipreg_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("serve")
+            .args(["--bind", "127.0.0.1", "--public-host", "localhost"])
+            .args(["--node-name", name, "--store", store])
+            .args(["--https-port", &https_port.to_string()])
+            .args(["--config-http-port", &config_port.to_string()])
+            .args(["--config-https-port", &free_port().to_string()])
+            .args(["--sip-oauth-port", &sip_oauth_port.to_string()])
+            .args(["--tftp-port", "0"])
+            .env("SIPREG_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut node = Node {
+            dir,
+            https_port,
+            config_port,
+            sip_oauth_port,
+            child,
+            http: reqwest::Client::new(),
+            admin_token: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(data.join("api-url").exists()
+            && std::net::TcpStream::connect(("127.0.0.1", https_port)).is_ok())
+        {
+            if let Some(st) = node.child.try_wait().unwrap() {
+                panic!("node {name} exited ({st}):\n{}", node.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {name} did not start:\n{}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.admin_token = std::fs::read_to_string(data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        node.http = reqwest::Client::builder()
+            .use_preconfigured_tls(client_tls(&node.ca_pem()))
+            .build()
+            .unwrap();
+        node
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir().join("tls/ca.pem")).unwrap()
+    }
+
+    fn cli(&self, args: &[&str], stdin: Option<&str>) {
+        use std::io::Write;
+        let mut child = Command::new(sipreg_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "sipreg {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn api(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!(
+                "https://localhost:{}/api/v1/{path}",
+                self.https_port
+            ))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("https://localhost:{}/oauth/token", self.https_port))
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn sip_connect(&self) -> std::io::Result<SipClient> {
+        SipClient::connect(([127, 0, 0, 1], self.sip_oauth_port).into(), &self.ca_pem()).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; returns how long that took, or panics after `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} not seen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn cluster() -> Option<(Postgres, Node, Node)> {
+    let pg = Postgres::start()?;
+    let a = Node::start("a", &pg.url()).await;
+    let b = Node::start("b", &pg.url()).await;
+    Some((pg, a, b))
+}
+
+fn add_user_and_device(n: &Node, user: &str, device: &str, line: &str) {
+    n.cli(&["user", "add", user], Some("pw pw pw\n"));
+    n.cli(
+        &[
+            "device", "add", device, "--owner", user, "--line", line, "--oauth",
+        ],
+        None,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_node_a_reach_node_b_within_a_second() {
+    let Some((_pg, a, b)) = cluster().await else {
+        return;
+    };
+    let (st, nodes) = b.api("nodes").await;
+    assert_eq!(st, 200, "{nodes}");
+    let names: Vec<&str> = nodes
+        .as_array()
+        .or_else(|| nodes["items"].as_array())
+        .map(|v| v.iter().filter_map(|n| n["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(names.contains(&"a") && names.contains(&"b"), "{nodes}");
+
+    assert!(b.sip_connect().await.is_err(), "OAuth mode is off at first");
+    add_user_and_device(&a, "alice", "CSFalice", "1010");
+    let took = within(Duration::from_secs(1), "the device on node b", || async {
+        b.api("devices/CSFalice").await.0 == 200
+    })
+    .await;
+    eprintln!("device visible on b after {took:?}");
+    assert_eq!(b.api("users/alice").await.0, 200);
+
+    a.cli(&["oauth-mode", "enable"], None);
+    within(
+        Duration::from_secs(1),
+        "node b's SIP OAuth port",
+        || async { b.sip_connect().await.is_ok() },
+    )
+    .await;
+    let (st, body) = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/CSFalice.cnf.xml",
+            b.config_port
+        ))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(st, 200);
+    let body = body.text().await.unwrap();
+    assert!(body.contains("<sipOAuthMode>1</sipOAuthMode>"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_by_node_a_registers_on_node_b() {
+    let Some((_pg, a, b)) = cluster().await else {
+        return;
+    };
+    add_user_and_device(&a, "bob", "CSFbob", "2020");
+    a.cli(&["oauth-mode", "enable"], None);
+    let (st, t) = a
+        .token(&[
+            ("grant_type", "password"),
+            ("username", "bob"),
+            ("password", "pw pw pw"),
+            ("client_id", "softphone"),
+        ])
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    within(
+        Duration::from_secs(1),
+        "node b's SIP OAuth port",
+        || async { b.sip_connect().await.is_ok() },
+    )
+    .await;
+    let mut c = b.sip_connect().await.unwrap();
+    let r = c
+        .request(
+            &Register::new("2020", "cl1", 1, c.local)
+                .header("Contact: <sip:2020@127.0.0.1;transport=tls>;+u.sip!devicename.ccm.cisco.com=\"CSFbob\"")
+                .bearer(&access)
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.code, 200, "{}\n--- node b log:\n{}", r.text, b.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_used_on_both_nodes_at_once_has_one_winner() {
+    let Some((_pg, a, b)) = cluster().await else {
+        return;
+    };
+    add_user_and_device(&a, "cat", "CSFcat", "3030");
+    for round in 0..3 {
+        let (st, t) = a
+            .token(&[
+                ("grant_type", "password"),
+                ("username", "cat"),
+                ("password", "pw pw pw"),
+                ("client_id", "softphone"),
+            ])
+            .await;
+        assert_eq!(st, 200, "{t}");
+        let rt = t["refresh_token"].as_str().unwrap().to_owned();
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+            ("client_id", "softphone"),
+        ];
+        let ((sa, ja), (sb, jb)) = tokio::join!(a.token(&form), b.token(&form));
+        let mut statuses = [sa, sb];
+        statuses.sort();
+        assert_eq!(statuses, [200, 400], "round {round}: a {ja}, b {jb}");
+        let (winner, loser) = if sa == 200 { (ja, jb) } else { (jb, ja) };
+        assert_eq!(loser["error"], "invalid_grant", "{loser}");
+        // The loser was treated as reuse: the whole family, the winner's new token too, is revoked.
+        let new_rt = winner["refresh_token"].as_str().unwrap().to_owned();
+        let (st, body) = a
+            .token(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", new_rt.as_str()),
+                ("client_id", "softphone"),
+            ])
+            .await;
+        assert_eq!(
+            st, 400,
+            "round {round}: the family survived the reuse: {body}"
+        );
+    }
+}
