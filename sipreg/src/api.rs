@@ -42,7 +42,6 @@ pub fn router(state: ApiState) -> Router {
     crate::openapi::add_problem_responses(&mut doc);
     let doc: axum::body::Bytes = serde_json::to_vec(&doc).unwrap_or_default().into();
     let protected = documented
-        .merge(crate::api_tokens::router())
         .route(
             "/api/v1/{*rest}",
             put(no_such_api)
@@ -77,6 +76,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .merge(crate::api_nodes::router())
         .merge(crate::admin_auth::router())
         .merge(crate::api_status::router())
+        .merge(crate::api_tokens::router())
 }
 
 async fn no_such_api() -> Problem {

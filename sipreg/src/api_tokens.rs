@@ -5,46 +5,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sipreg_store::{OAuthClient, Store};
 use sipreg_tokensvc::{key_states, KeyInfo, TokenService, DEFAULT_CLIENT_ID};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::admin_auth::{audit, Actor};
-use crate::api::{ApiJson, ApiState};
+use crate::api::{ApiJson, ApiQuery, ApiState};
 use crate::problem::Problem;
 
 /// How often retired signing keys whose tokens have all expired are deleted.
 const KEY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Client, revocation and key routes (mounted behind the admin token by [`crate::api::router`]).
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/clients", get(list_clients).post(create_client))
-        .route(
-            "/api/v1/clients/{id}",
-            get(get_client).delete(delete_client),
-        )
-        .route("/api/v1/users/{id}/revoke-tokens", post(revoke_user_tokens))
-        .route("/api/v1/keys", get(list_keys))
-        .route("/api/v1/keys/rotate", post(rotate_keys))
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_clients, create_client))
+        .routes(routes!(get_client, delete_client))
+        .routes(routes!(revoke_user_tokens))
+        .routes(routes!(list_keys))
+        .routes(routes!(rotate_keys))
 }
 
 /// A client as the API shows it; `builtin` marks the default `softphone` client that exists
 /// without a stored row (storing one with that id replaces it).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ClientView {
     #[serde(flatten)]
     client: OAuthClient,
     builtin: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewClient {
     id: String,
@@ -104,6 +102,7 @@ fn validate_client(c: &NewClient) -> Result<(), Problem> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/api/v1/clients", tag = "oauth", request_body = NewClient, responses((status = 201, description = "Registered", body = ClientView)))]
 async fn create_client(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -135,6 +134,7 @@ async fn create_client(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/clients", tag = "oauth", responses((status = 200, description = "OAuth clients, the built-in softphone included", body = [ClientView])))]
 async fn list_clients(State(s): State<ApiState>) -> Result<Json<Vec<ClientView>>, Problem> {
     let mut out: Vec<ClientView> = s
         .store
@@ -156,6 +156,7 @@ async fn list_clients(State(s): State<ApiState>) -> Result<Json<Vec<ClientView>>
     Ok(Json(out))
 }
 
+#[utoipa::path(get, path = "/api/v1/clients/{id}", tag = "oauth", params(("id" = String, Path, description = "client_id")), responses((status = 200, description = "The client", body = ClientView)))]
 async fn get_client(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -173,6 +174,7 @@ async fn get_client(
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/clients/{id}", tag = "oauth", params(("id" = String, Path, description = "client_id")), responses((status = 204, description = "Deleted")))]
 async fn delete_client(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
@@ -191,18 +193,20 @@ async fn delete_client(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RevokeQuery {
     client_id: Option<String>,
 }
 
 /// Revokes the user's refresh tokens (of one client, or all) and makes every access token of the
 /// user issued until now fail at the registrar, once the directory reload below has run.
+#[utoipa::path(post, path = "/api/v1/users/{id}/revoke-tokens", tag = "oauth", params(("id" = String, Path, description = "User id"), RevokeQuery), responses((status = 200, description = "Refresh tokens revoked; access tokens refused from now on", body = Object)))]
 async fn revoke_user_tokens(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,
     Path(user): Path<String>,
-    Query(q): Query<RevokeQuery>,
+    ApiQuery(q): ApiQuery<RevokeQuery>,
 ) -> Result<Json<Value>, Problem> {
     if s.store.user(&user).await?.is_none() {
         return Err(Problem::not_found(format!("user {user} not found")));
@@ -246,6 +250,7 @@ async fn key_list(s: &ApiState) -> Result<Vec<KeyInfo>, Problem> {
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/keys", tag = "oauth", responses((status = 200, description = "Signing keys with their state (no private parts)", body = [Object])))]
 async fn list_keys(State(s): State<ApiState>) -> Result<Json<Vec<KeyInfo>>, Problem> {
     Ok(Json(key_list(&s).await?))
 }
@@ -258,6 +263,7 @@ struct RotateBody {
 }
 
 /// A new signing key; old ones keep verifying until their tokens expire, unless revoked.
+#[utoipa::path(post, path = "/api/v1/keys/rotate", tag = "oauth", request_body(content = Object, description = "Optional `{\"revoke_previous\": true}`"), responses((status = 200, description = "A new key is active", body = Object)))]
 async fn rotate_keys(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,

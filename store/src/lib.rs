@@ -19,11 +19,11 @@ mod sqlite;
 mod testsuite;
 
 pub use directory::{Directory, DirectorySnapshot};
+pub use heartbeat::{heartbeat_loop, HEARTBEAT_INTERVAL};
 pub use model::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
     NodeStatus, OAuthClient, RefreshToken, RefreshUse, SigningKey, StoredBinding, TrustCert, User,
 };
-pub use heartbeat::{heartbeat_loop, HEARTBEAT_INTERVAL};
 pub use open::{open, redact_url};
 pub use postgres::{PostgresStore, DEFAULT_RELOAD_INTERVAL};
 pub use sqlite::SqliteStore;

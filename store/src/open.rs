@@ -83,7 +83,13 @@ mod tests {
         let s = open(&url).await.unwrap();
         assert!(!s.cluster_settings().await.unwrap().oauth_mode);
         assert!(dir.path().join("s.db").exists());
-        assert!(matches!(open("mysql://x").await, Err(StoreError::Invalid(_))));
-        assert!(matches!(open("sqlite://").await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            open("mysql://x").await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            open("sqlite://").await,
+            Err(StoreError::Invalid(_))
+        ));
     }
 }

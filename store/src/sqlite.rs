@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 
 use crate::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
-    NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError, StoredBinding,
-    TrustCert, User,
+    NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError,
+    StoredBinding, TrustCert, User,
 };
 
 /// Forward-only schema migrations; index + 1 is the schema version.
@@ -1489,7 +1489,10 @@ mod tests {
         s.create_admin_token(&t).await.unwrap();
         assert_eq!(s.admin_tokens().await.unwrap(), vec![t]);
         s.delete_admin_token("t1").await.unwrap();
-        assert!(matches!(s.delete_admin_token("t1").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.delete_admin_token("t1").await,
+            Err(StoreError::NotFound(_))
+        ));
         for i in 0..3 {
             s.append_audit(&AuditEntry {
                 id: 0,

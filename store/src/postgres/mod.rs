@@ -212,9 +212,9 @@ impl PostgresStore {
         reload_every: Duration,
         migrations: &[&str],
     ) -> Result<Self> {
-        let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Invalid(format!("store URL {}: {e}", redact_url(url)))
-        })?;
+        let mut cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("store URL {}: {e}", redact_url(url))))?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(POOL_TIMEOUT);
         }
@@ -463,7 +463,11 @@ impl Store for PostgresStore {
     async fn delete_user(&self, id: &str) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        if tx.execute("DELETE FROM users WHERE id = $1", &[&id]).await? == 0 {
+        if tx
+            .execute("DELETE FROM users WHERE id = $1", &[&id])
+            .await?
+            == 0
+        {
             return Err(StoreError::NotFound(format!("user {id}")));
         }
         self.commit(tx, Change::User(id.to_owned())).await
@@ -490,8 +494,9 @@ impl Store for PostgresStore {
         .await
         .map_err(|e| unique_as_conflict(e, format!("device {}", d.name)))?;
         for (i, line) in d.lines.iter().enumerate() {
-            let position = i32::try_from(i)
-                .map_err(|_| StoreError::Invalid(format!("device {} has too many lines", d.name)))?;
+            let position = i32::try_from(i).map_err(|_| {
+                StoreError::Invalid(format!("device {} has too many lines", d.name))
+            })?;
             tx.execute(
                 "INSERT INTO lines (device, position, dn, display_name) VALUES ($1, $2, $3, $4)",
                 &[&d.name, &position, &line.dn, &line.display_name],
@@ -515,7 +520,10 @@ impl Store for PostgresStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         if tx
-            .execute("DELETE FROM devices WHERE lower(name) = lower($1)", &[&name])
+            .execute(
+                "DELETE FROM devices WHERE lower(name) = lower($1)",
+                &[&name],
+            )
             .await?
             == 0
         {
@@ -629,7 +637,9 @@ impl Store for PostgresStore {
             // The row lock makes a second caller (on any node) wait, then see `used`.
             let row = tx
                 .query_opt(
-                    &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1 FOR UPDATE"),
+                    &format!(
+                        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1 FOR UPDATE"
+                    ),
                     &[&hash],
                 )
                 .await?;
@@ -1040,7 +1050,13 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         c.execute(
             "INSERT INTO audit_log (at, actor, action, before, after) VALUES ($1, $2, $3, $4, $5)",
-            &[&e.at, &e.actor, &e.action, &e.before.to_string(), &e.after.to_string()],
+            &[
+                &e.at,
+                &e.actor,
+                &e.action,
+                &e.before.to_string(),
+                &e.after.to_string(),
+            ],
         )
         .await?;
         Ok(())

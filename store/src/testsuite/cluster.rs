@@ -18,10 +18,7 @@ async fn two_nodes() -> Option<(PostgresStore, PostgresStore, String)> {
 }
 
 /// Waits until the listener of `rx`'s store is connected: a change made elsewhere arrives.
-async fn wait_listening(
-    writer: &PostgresStore,
-    rx: &mut tokio::sync::broadcast::Receiver<Change>,
-) {
+async fn wait_listening(writer: &PostgresStore, rx: &mut tokio::sync::broadcast::Receiver<Change>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         writer.set_oauth_mode(false).await.unwrap();
@@ -56,10 +53,17 @@ async fn a_change_on_one_node_reaches_the_other_within_a_second() {
         next_change(&mut rx_b, Duration::from_secs(1)).await,
         Some(Change::Node("node-a".into()))
     );
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     // A failed write publishes nothing anywhere.
     assert!(a.create_user(&user("hal")).await.is_err());
-    assert_eq!(next_change(&mut rx_b, Duration::from_millis(300)).await, None);
+    assert_eq!(
+        next_change(&mut rx_b, Duration::from_millis(300)).await,
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +143,10 @@ async fn migrations_upgrade_the_previous_schema_and_refuse_a_newer_one() {
     let new = PostgresStore::connect(&url).await.unwrap();
     assert_eq!(new.user("jo").await.unwrap(), Some(user("jo")), "data kept");
     new.heartbeat("n1", 42).await.unwrap();
-    assert_eq!(new.node_statuses().await.unwrap()[0].last_heartbeat, Some(42));
+    assert_eq!(
+        new.node_statuses().await.unwrap()[0].last_heartbeat,
+        Some(42)
+    );
     // Opening again applies nothing twice.
     drop(PostgresStore::connect(&url).await.unwrap());
     let err = PostgresStore::connect_migrating(&url, Duration::from_secs(30), previous)
@@ -267,5 +274,8 @@ async fn while_the_database_is_away_calls_fail_fast_and_recover_after() {
         }
     })
     .await;
-    assert!(reload.is_ok(), "the listener came back and asked for a reload");
+    assert!(
+        reload.is_ok(),
+        "the listener came back and asked for a reload"
+    );
 }

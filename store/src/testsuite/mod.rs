@@ -163,10 +163,16 @@ async fn data_round_trips_and_device_names_ignore_case(s: Arc<dyn Store>) {
     s.create_device(&device("bdesk", "alice", &["1012"]))
         .await
         .unwrap();
-    s.create_device(&device("Adesk", "alice", &[])).await.unwrap();
+    s.create_device(&device("Adesk", "alice", &[]))
+        .await
+        .unwrap();
     s.set_oauth_mode(true).await.unwrap();
     assert!(s.cluster_settings().await.unwrap().oauth_mode);
-    let got = s.device("csfALICE").await.unwrap().expect("case-insensitive lookup");
+    let got = s
+        .device("csfALICE")
+        .await
+        .unwrap()
+        .expect("case-insensitive lookup");
     assert_eq!(got, d);
     assert_eq!(
         s.devices()
@@ -542,7 +548,11 @@ async fn heartbeats_are_listed_with_their_nodes(s: Arc<dyn Store>) {
     let st = s.node_statuses().await.unwrap();
     assert_eq!(
         st.iter()
-            .map(|n| (n.node.name.as_str(), n.node.sip_oauth_port, n.last_heartbeat))
+            .map(|n| (
+                n.node.name.as_str(),
+                n.node.sip_oauth_port,
+                n.last_heartbeat
+            ))
             .collect::<Vec<_>>(),
         [("n1", 5095, Some(100)), ("n2", 5090, None)]
     );
@@ -590,7 +600,9 @@ async fn every_write_publishes_its_change(s: Arc<dyn Store>) {
     let mut rx = s.subscribe();
     s.set_oauth_mode(true).await.unwrap();
     s.create_user(&user("gus")).await.unwrap();
-    s.create_device(&device("CSFgus", "gus", &["1"])).await.unwrap();
+    s.create_device(&device("CSFgus", "gus", &["1"]))
+        .await
+        .unwrap();
     s.upsert_node(&node("n1", 5090)).await.unwrap();
     s.set_tokens_not_before("gus", 5).await.unwrap();
     s.upsert_edge(&Edge {
@@ -673,7 +685,10 @@ async fn a_revoked_family_stays_revoked_for_racing_rotations(s: Arc<dyn Store>) 
         .unwrap();
     assert_eq!(s.take_refresh_token("new2", 6).await.unwrap(), None);
     assert!(
-        matches!(s.use_refresh_token("other", 6).await.unwrap(), RefreshUse::Fresh(_)),
+        matches!(
+            s.use_refresh_token("other", 6).await.unwrap(),
+            RefreshUse::Fresh(_)
+        ),
         "other families are untouched"
     );
 }

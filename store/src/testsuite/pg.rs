@@ -73,7 +73,8 @@ impl PgServer {
     /// Starts a new server, or `None` (after printing why) when PostgreSQL is not installed.
     pub(crate) fn start() -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
-            let msg = "PostgreSQL binaries not found (apt-get install postgresql, or set PG_BINDIR)";
+            let msg =
+                "PostgreSQL binaries not found (apt-get install postgresql, or set PG_BINDIR)";
             assert!(
                 std::env::var("CI").map(|v| v != "true").unwrap_or(true),
                 "{msg}: required when CI=true"
@@ -109,7 +110,16 @@ impl PgServer {
             .cmd("initdb")
             .arg("-D")
             .arg(server.data())
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .output()
             .expect("run initdb");
         assert!(
