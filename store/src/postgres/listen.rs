@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::Change;
@@ -66,21 +66,25 @@ pub(crate) fn decode(payload: &str) -> (&str, Change) {
     (origin, change)
 }
 
-/// Listens until the task is aborted (the store is dropped).
+/// Listens until the task is aborted (the store is dropped); `ready` fires once LISTEN is in force.
 pub(crate) async fn run(
     mut config: tokio_postgres::Config,
     origin: String,
     changes: broadcast::Sender<Change>,
     reload_every: Duration,
+    ready: oneshot::Sender<()>,
 ) {
     config.application_name(LISTENER_APP);
     let mut backoff = BACKOFF_START;
-    let mut connected_before = false;
+    let mut ready = Some(ready);
+    // Whether notifications may have been missed: after a lost connection or failed attempts.
+    let mut gap = false;
     loop {
         let (client, mut connection) = match config.connect(NoTls).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "change listener cannot reach the database");
+                gap = true;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -107,17 +111,21 @@ pub(crate) async fn run(
         });
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             tracing::warn!(error = %e, "LISTEN failed");
+            gap = true;
             driver.abort();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         }
         backoff = BACKOFF_START;
-        if connected_before {
+        if gap {
             tracing::info!("change listener reconnected; reloading everything");
             let _ = changes.send(Change::Reload);
         }
-        connected_before = true;
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        gap = true;
         let mut safety_net = tokio::time::interval(reload_every);
         safety_net.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         safety_net.tick().await;

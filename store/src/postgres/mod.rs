@@ -247,12 +247,17 @@ impl PostgresStore {
         }
         let (changes, _) = broadcast::channel(256);
         let origin = new_origin();
+        let (ready, listening) = tokio::sync::oneshot::channel();
         let listener = tokio::spawn(listen::run(
             cfg,
             origin.clone(),
             changes.clone(),
             reload_every.max(Duration::from_millis(100)),
+            ready,
         ));
+        // Other nodes' changes count from here on; a slow listener is not fatal (it retries and
+        // then asks for a full reload), so this wait is bounded.
+        let _ = tokio::time::timeout(POOL_TIMEOUT, listening).await;
         Ok(PostgresStore {
             pool,
             changes,
