@@ -17,9 +17,34 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_node, patch_node))
 }
 
-#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, description = "Nodes with their ports", body = [Node])))]
-async fn list_nodes(State(s): State<ApiState>) -> Result<Json<Vec<Node>>, Problem> {
-    Ok(Json(s.store.nodes().await?))
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct NodeView {
+    #[serde(flatten)]
+    node: Node,
+    /// Unix seconds of the node's last heartbeat (null: never).
+    last_heartbeat: Option<i64>,
+    /// `up` when it beat within three heartbeat intervals, else `down`.
+    state: &'static str,
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", responses((status = 200, description = "Nodes with their ports and last heartbeat", body = [NodeView])))]
+async fn list_nodes(State(s): State<ApiState>) -> Result<Json<Vec<NodeView>>, Problem> {
+    let stale = crate::now() - 3 * sipreg_store::HEARTBEAT_INTERVAL.as_secs() as i64;
+    let nodes = s.store.node_statuses().await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|n| NodeView {
+                state: if n.last_heartbeat.is_some_and(|t| t >= stale) {
+                    "up"
+                } else {
+                    "down"
+                },
+                node: n.node,
+                last_heartbeat: n.last_heartbeat,
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "nodes", params(("name" = String, Path, description = "Node name")), responses((status = 200, description = "The node", body = Node)))]

@@ -58,16 +58,17 @@ pub async fn node(data_dir: &Path, a: ApiArgs, action: NodeAction) -> ExitCode {
                 NodeAction::List => {
                     let v = c.call(reqwest::Method::GET, "nodes", None).await?;
                     c.print(&v, |v| {
-                        println!("{:<16} {:<24} {:>9} {:>9} {:>6} {:>6}", "NODE", "HOST", "OAUTH", "MRAOAUTH", "SIP", "SIPS");
+                        println!("{:<16} {:<24} {:>9} {:>9} {:>6} {:>6}  STATE", "NODE", "HOST", "OAUTH", "MRAOAUTH", "SIP", "SIPS");
                         for n in v.as_array().into_iter().flatten() {
                             println!(
-                                "{:<16} {:<24} {:>9} {:>9} {:>6} {:>6}",
+                                "{:<16} {:<24} {:>9} {:>9} {:>6} {:>6}  {}",
                                 n["name"].as_str().unwrap_or(""),
                                 n["host"].as_str().unwrap_or(""),
                                 n["sip_oauth_port"],
                                 n["sip_mra_oauth_port"],
                                 n["sip_port"],
-                                n["secured_sip_port"]
+                                n["secured_sip_port"],
+                                n["state"].as_str().unwrap_or("")
                             );
                         }
                     });

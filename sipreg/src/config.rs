@@ -110,6 +110,9 @@ pub struct TokensConfig {
     pub refresh_ttl_days: i64,
     /// The `aud` the registrar accepts and the token service issues.
     pub audience: String,
+    /// The token `iss`; default `https://<public_host>:<https_port>`. Set the same value on every
+    /// node of a cluster so a token issued by one node validates on all.
+    pub issuer: Option<String>,
     /// Offer the password grant to clients without a browser; `false` leaves only the login page.
     pub password_grant: bool,
     /// Unified CM's "OAuth with Refresh Login": issue refresh tokens (rotated, reuse-detected).
@@ -122,6 +125,7 @@ impl Default for TokensConfig {
             access_ttl_minutes: 60,
             refresh_ttl_days: 60,
             audience: "sipreg".into(),
+            issuer: None,
             password_grant: true,
             refresh_login: true,
         }
@@ -232,6 +236,18 @@ impl Config {
                 value: t.refresh_ttl_days.to_string(),
                 rule: "1–365",
             });
+        }
+        if let Some(iss) = &t.issuer {
+            if !iss.starts_with("https://")
+                || iss.len() > 256
+                || iss.chars().any(char::is_whitespace)
+            {
+                return Err(ConfigError::Range {
+                    key: "tokens.issuer",
+                    value: format!("{iss:?}"),
+                    rule: "an https:// URL of at most 256 characters",
+                });
+            }
         }
         if t.audience.is_empty() || t.audience.len() > 256 {
             return Err(ConfigError::Range {

@@ -159,6 +159,9 @@ struct ServeArgs {
     /// TFTP UDP port, 0 for off (overrides `listen.tftp_port`).
     #[arg(long)]
     tftp_port: Option<u16>,
+    /// Token issuer URL, the same on every node of a cluster (overrides `tokens.issuer`).
+    #[arg(long)]
+    token_issuer: Option<String>,
     /// Host name clients use for this node (overrides `public_host`).
     #[arg(long)]
     public_host: Option<String>,
@@ -258,6 +261,9 @@ fn serve_options(
     }
     if let Some(v) = a.tftp_port {
         cfg.listen.tftp_port = v;
+    }
+    if a.token_issuer.is_some() {
+        cfg.tokens.issuer = a.token_issuer;
     }
     if a.public_host.is_some() {
         cfg.public_host = a.public_host;

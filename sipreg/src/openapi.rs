@@ -38,7 +38,7 @@ pub fn add_problem_responses(doc: &mut utoipa::openapi::OpenApi) {
             .schema(Some(Ref::from_schema_name("Problem")))
             .build()
     };
-    let cases: [(&str, &str); 8] = [
+    let cases: [(&str, &str); 9] = [
         ("400", "The request breaks a rule; `field` names it"),
         ("401", "Missing or wrong admin token"),
         ("403", "The token may not do this (read-only)"),
@@ -50,6 +50,10 @@ pub fn add_problem_responses(doc: &mut utoipa::openapi::OpenApi) {
         ("412", "`If-Match` no longer matches"),
         ("422", "Refers to something that does not exist"),
         ("500", "Internal error; see the server log"),
+        (
+            "503",
+            "The store (database) did not answer; nothing was changed",
+        ),
     ];
     for item in doc.paths.paths.values_mut() {
         for op in [

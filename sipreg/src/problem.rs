@@ -144,7 +144,13 @@ impl From<StoreError> for Problem {
             },
             StoreError::Backend(why) => {
                 tracing::error!(error = %why, "store failure");
-                Problem::internal("the store failed; see the server log")
+                Problem {
+                    kind: "urn:sipreg:problem:store-unavailable",
+                    title: "Store unavailable",
+                    status: 503,
+                    detail: "the database did not answer; the change was not made — retry shortly (registrations keep working from cached data)".into(),
+                    field: None,
+                }
             }
         }
     }

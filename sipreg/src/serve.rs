@@ -214,7 +214,11 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         .await
         .map_err(|e| format!("loading directory: {e}"))?;
 
-    let issuer = format!("https://{public_host}:{}", https_addr.port());
+    let issuer = cfg
+        .tokens
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{public_host}:{}", https_addr.port()));
     let token_cfg = TokenConfig {
         issuer: issuer.clone(),
         audience: cfg.tokens.audience.clone(),

@@ -165,6 +165,7 @@ impl Node {
             .args(["--config-https-port", &free_port().to_string()])
             .args(["--sip-oauth-port", &sip_oauth_port.to_string()])
             .args(["--tftp-port", "0"])
+            .args(["--token-issuer", "https://cluster.sipreg.test:8443"])
             .env("SIPREG_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -363,7 +364,6 @@ async fn changes_through_node_a_reach_node_b_within_a_second() {
 // Node B refuses A's token with "wrong issuer": each node's issuer is https://public_host:https_port.
 // The signing keys are shared (the signature checks out); the issuer must become cluster-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a cluster-wide token issuer (e.g. a `tokens.issuer` config key)"]
 async fn a_token_issued_by_node_a_registers_on_node_b() {
     let Some((_pg, a, b)) = cluster().await else {
         return;
