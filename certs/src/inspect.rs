@@ -18,13 +18,17 @@ pub struct CertSummary {
 
 /// Summarises the first certificate in `pem`.
 pub fn summarize_pem(pem: &[u8]) -> Result<CertSummary, CertError> {
-    let der = CertificateDer::pem_slice_iter(pem).next().ok_or(CertError::NoCertificate)?.map_err(CertError::Pem)?;
+    let der = CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or(CertError::NoCertificate)?
+        .map_err(CertError::Pem)?;
     summarize_der(der.as_ref())
 }
 
 /// Summarises one DER certificate.
 pub fn summarize_der(der: &[u8]) -> Result<CertSummary, CertError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| CertError::NoCertificate)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| CertError::NoCertificate)?;
     Ok(CertSummary {
         subject: cert.subject().to_string(),
         not_after: cert.validity().not_after.timestamp(),
@@ -44,7 +48,10 @@ mod tests {
         assert!(ca.is_ca);
         let server = summarize_pem(&std::fs::read(&paths.server_cert).unwrap()).unwrap();
         assert!(!server.is_ca);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         assert!(server.not_after > now + 300 * 86400, "about 397 days");
         assert!(summarize_pem(b"not pem").is_err());
     }

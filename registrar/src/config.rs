@@ -68,6 +68,20 @@ pub struct RegistrarConfig {
     /// The write-behind persister flushes changed AORs at most this often. A crash loses at
     /// most the changes of the last interval (plus one store write). Default 1 s.
     pub persist_interval: Duration,
+    /// This node's name: persisted bindings are written and restored as this node's rows, so
+    /// nodes sharing a store keep their own flows. Empty: `host`.
+    pub node_name: String,
+}
+
+impl RegistrarConfig {
+    /// The node name bindings are persisted under.
+    pub fn persist_node(&self) -> &str {
+        if self.node_name.is_empty() {
+            &self.host
+        } else {
+            &self.node_name
+        }
+    }
 }
 
 impl Default for RegistrarConfig {
@@ -97,6 +111,7 @@ impl Default for RegistrarConfig {
             max_connections_per_ip: 1000,
             max_tls_handshakes: 256,
             persist_interval: Duration::from_millis(1000),
+            node_name: String::new(),
         }
     }
 }

@@ -28,7 +28,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Connection ids, unique for the process lifetime; 0 is never used (it means "no flow").
-static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
 
 /// Why a connection ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ async fn serve(
     }
 }
 
-async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     registrar: &Registrar,
     facts: &ConnectionFacts,

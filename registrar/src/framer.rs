@@ -46,6 +46,11 @@ pub enum FrameError {
 pub struct StreamFramer {
     buf: Vec<u8>,
     max_message_size: usize,
+    /// How much of `buf` is known not to hold the end of the head: a head arriving byte by byte
+    /// is scanned once, not once per byte (which would be quadratic, a slowloris lever).
+    scanned: usize,
+    /// Total length of the message whose head is complete and body still arriving.
+    pending_total: Option<usize>,
 }
 
 impl Default for StreamFramer {
@@ -60,6 +65,8 @@ impl StreamFramer {
         StreamFramer {
             buf: Vec::new(),
             max_message_size,
+            scanned: 0,
+            pending_total: None,
         }
     }
 
@@ -90,6 +97,7 @@ impl StreamFramer {
         loop {
             if self.buf.starts_with(b"\r\n\r\n") {
                 self.buf.drain(..4);
+                self.scanned = 0;
                 return Ok(Some(Frame::KeepAlivePing));
             }
             if self.buf.starts_with(b"\r\n") {
@@ -97,6 +105,7 @@ impl StreamFramer {
                     return Ok(None);
                 }
                 self.buf.drain(..2);
+                self.scanned = 0;
                 continue;
             }
             if self.buf == b"\r" {
@@ -109,8 +118,15 @@ impl StreamFramer {
         }
 
         let limit = self.max_message_size;
-        let search = &self.buf[..self.buf.len().min(limit)];
-        let Some(head_end) = find(search, b"\r\n\r\n") else {
+        if let Some(total) = self.pending_total {
+            // Head already parsed: only wait for the body.
+            return Ok(self.take(total));
+        }
+        let search_end = self.buf.len().min(limit);
+        let from = self.scanned.saturating_sub(3).min(search_end);
+        let Some(head_end) = find(&self.buf[from..search_end], b"\r\n\r\n").map(|i| i + from)
+        else {
+            self.scanned = search_end;
             if self.buf.len() >= limit {
                 return Err(FrameError::TooLarge { limit });
             }
@@ -125,12 +141,20 @@ impl StreamFramer {
         if total > limit {
             return Err(FrameError::TooLarge { limit });
         }
+        Ok(self.take(total))
+    }
+
+    /// The message of `total` bytes if it is all here; otherwise remembers it is pending.
+    fn take(&mut self, total: usize) -> Option<Frame> {
         if self.buf.len() < total {
-            return Ok(None);
+            self.pending_total = Some(total);
+            return None;
         }
         let rest = self.buf.split_off(total);
         let msg = std::mem::replace(&mut self.buf, rest);
-        Ok(Some(Frame::Message(msg)))
+        self.scanned = 0;
+        self.pending_total = None;
+        Some(Frame::Message(msg))
     }
 }
 
@@ -412,6 +436,23 @@ mod tests {
             frame_datagram(&[b'A'; 11], 10),
             Err(FrameError::TooLarge { limit: 10 })
         );
+    }
+
+    #[test]
+    fn a_head_trickling_in_is_scanned_once() {
+        // 60 KiB of header bytes one at a time, then the end: linear, not quadratic, and the
+        // head end split across pushes is still found.
+        let mut f = StreamFramer::default();
+        let mut msg = b"OPTIONS sip:a SIP/2.0\r\nX: ".to_vec();
+        msg.extend(std::iter::repeat_n(b'a', 60 * 1024));
+        msg.extend_from_slice(b"\r\nl: 0\r\n\r\n");
+        for b in &msg {
+            f.push(&[*b]).unwrap();
+            if let Some(fr) = f.next_frame().unwrap() {
+                assert_eq!(fr, Frame::Message(msg.clone()));
+            }
+        }
+        assert_eq!(f.buffered(), 0);
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub async fn flush(
             }
         }
     }
-    if let Err(e) = store.write_bindings(&batch).await {
+    if let Err(e) = store.write_node_bindings(node, &batch).await {
         for (aor, _) in &dirty {
             location.mark_dirty(aor);
         }
@@ -85,10 +85,12 @@ pub async fn restore(
     store: &dyn Store,
     location: &Location,
     now: i64,
+    node: &str,
 ) -> Result<usize, PersistError> {
     let rows = store.load_bindings(now).await?;
     let mut decoded = Vec::with_capacity(rows.len());
-    for row in rows {
+    // Only this node's rows: another node's flows are not ours to serve.
+    for row in rows.into_iter().filter(|r| r.node == node) {
         match serde_json::from_str::<Binding>(&row.data) {
             Ok(b) => decoded.push((row.aor, b)),
             Err(e) => {
@@ -113,7 +115,7 @@ pub(crate) async fn run(
         .max(std::time::Duration::from_millis(10));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let node = registrar.config.host.clone();
+    let node = registrar.config.persist_node().to_owned();
     let mut failing = false;
     loop {
         let stop = tokio::select! {

@@ -186,7 +186,7 @@ impl Registrar {
     /// Loads persisted bindings into the location service at start (call before listening);
     /// each comes back with its remaining lifetime and an unknown flow. Returns how many.
     pub async fn restore(&self, store: &dyn Store, now: i64) -> Result<usize, PersistError> {
-        persist::restore(store, &self.location, now).await
+        persist::restore(store, &self.location, now, self.config.persist_node()).await
     }
 
     /// The write-behind persister: flushes changed AORs to `store` every

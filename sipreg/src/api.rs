@@ -74,6 +74,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_devices, create_device))
         .routes(routes!(get_device, delete_device))
         .merge(crate::api_nodes::router())
+        .merge(crate::api_edges::router())
         .merge(crate::admin_auth::router())
         .merge(crate::api_status::router())
         .merge(crate::api_tokens::router())

@@ -44,6 +44,12 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, Problem> {
         "address": oauth.map(|a| a.to_string()),
         "open": oauth.is_some(),
     }));
+    let mra = s.live.mra_local_addr();
+    listeners.push(json!({
+        "name": "sip-mra-oauth (mTLS)",
+        "address": mra.map(|a| a.to_string()),
+        "open": mra.is_some(),
+    }));
     let expires = std::fs::read(&s.status.server_cert)
         .ok()
         .and_then(|pem| sipreg_certs::summarize_pem(&pem).ok())

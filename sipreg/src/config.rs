@@ -58,6 +58,10 @@ pub struct Config {
     pub tokens: TokensConfig,
     /// Registration expiry and limits.
     pub registrar: RegistrarSection,
+    /// Legacy SIP ports with Digest.
+    pub legacy: LegacySection,
+    /// Admission caps of the MRA port (edge proxies), apart from the other SIP ports'.
+    pub mra: MraSection,
 }
 
 /// `[listen]`: where each listener binds.
@@ -132,6 +136,30 @@ impl Default for TokensConfig {
     }
 }
 
+/// `[mra]`: caps of the SIP MRA OAuth port. Edges carry many users each, so they get their own
+/// limits instead of the per-client ones (0 = unlimited).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MraSection {
+    /// Open edge connections in total.
+    pub max_connections: usize,
+    /// Open connections from one edge address.
+    pub max_connections_per_ip: usize,
+    /// Edge TLS handshakes in flight.
+    pub max_tls_handshakes: usize,
+}
+
+impl Default for MraSection {
+    fn default() -> Self {
+        let d = sipreg_registrar::MraLimits::default();
+        MraSection {
+            max_connections: d.max_connections,
+            max_connections_per_ip: d.max_connections_per_ip,
+            max_tls_handshakes: d.max_tls_handshakes,
+        }
+    }
+}
+
 /// `[registrar]`: registration expiry and limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,6 +174,30 @@ pub struct RegistrarSection {
     pub max_bindings_per_aor: usize,
     /// Largest SIP message accepted, bytes.
     pub max_message_size: usize,
+    /// Domains served (404 for others); empty accepts any.
+    pub domains: Vec<String>,
+    /// `Path` without `Supported: path` gets 420 (RFC 3327's recommended policy).
+    pub path_requires_supported: bool,
+    /// `Flow-Timer` sent to RFC 5626 clients, seconds.
+    pub flow_timer: u32,
+    /// Remove a connection's bindings when it closes (otherwise they are kept, marked as a dead flow).
+    pub remove_bindings_on_flow_close: bool,
+    /// Digest realm on the legacy ports (Unified CM's is `ccmsipline`).
+    pub digest_realm: String,
+    /// Digest nonce lifetime, seconds (then `stale=true`).
+    pub nonce_ttl: u32,
+    /// Connections open at once over all SIP listeners (0 = unlimited).
+    pub max_connections: usize,
+    /// Connections from one address (0 = unlimited).
+    pub max_connections_per_ip: usize,
+    /// TLS handshakes in progress at once (0 = unlimited).
+    pub max_tls_handshakes: usize,
+    /// A connection sending nothing for this long is closed, seconds.
+    pub idle_timeout_secs: u64,
+    /// A started message must be complete within this, seconds (slowloris).
+    pub header_timeout_secs: u64,
+    /// Write-behind interval for bindings, milliseconds: a crash loses at most this much.
+    pub persist_interval_ms: u64,
 }
 
 impl Default for RegistrarSection {
@@ -156,6 +208,41 @@ impl Default for RegistrarSection {
             max_expires: 7200,
             max_bindings_per_aor: 10,
             max_message_size: 65536,
+            domains: Vec::new(),
+            path_requires_supported: true,
+            flow_timer: 120,
+            remove_bindings_on_flow_close: false,
+            digest_realm: "ccmsipline".into(),
+            nonce_ttl: 300,
+            max_connections: 10000,
+            max_connections_per_ip: 1000,
+            max_tls_handshakes: 256,
+            idle_timeout_secs: 3900,
+            header_timeout_secs: 30,
+            persist_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[legacy]`: the non-OAuth SIP ports (`listen.sip_port` UDP/TCP, `listen.secured_sip_port` TLS)
+/// where devices without OAuth register with Digest, as on Unified CM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegacySection {
+    /// SIP over UDP on `listen.sip_port`.
+    pub udp: bool,
+    /// SIP over TCP on `listen.sip_port`.
+    pub tcp: bool,
+    /// SIP over TLS on `listen.secured_sip_port`.
+    pub tls: bool,
+}
+
+impl Default for LegacySection {
+    fn default() -> Self {
+        LegacySection {
+            udp: true,
+            tcp: true,
+            tls: true,
         }
     }
 }
@@ -283,6 +370,41 @@ impl Config {
                 key: "registrar.max_bindings_per_aor",
                 value: r.max_bindings_per_aor.to_string(),
                 rule: "1–1000",
+            });
+        }
+        if !(5..=3600).contains(&r.nonce_ttl) {
+            return Err(ConfigError::Range {
+                key: "registrar.nonce_ttl",
+                value: r.nonce_ttl.to_string(),
+                rule: "5–3600",
+            });
+        }
+        if !(10..=60_000).contains(&r.persist_interval_ms) {
+            return Err(ConfigError::Range {
+                key: "registrar.persist_interval_ms",
+                value: r.persist_interval_ms.to_string(),
+                rule: "10–60000",
+            });
+        }
+        if !(1..=600).contains(&r.header_timeout_secs) {
+            return Err(ConfigError::Range {
+                key: "registrar.header_timeout_secs",
+                value: r.header_timeout_secs.to_string(),
+                rule: "1–600",
+            });
+        }
+        if !(10..=86400).contains(&r.idle_timeout_secs) {
+            return Err(ConfigError::Range {
+                key: "registrar.idle_timeout_secs",
+                value: r.idle_timeout_secs.to_string(),
+                rule: "10–86400",
+            });
+        }
+        if r.digest_realm.is_empty() || r.digest_realm.contains('"') || r.digest_realm.len() > 128 {
+            return Err(ConfigError::Range {
+                key: "registrar.digest_realm",
+                value: format!("{:?}", r.digest_realm),
+                rule: "1–128 characters without quotes",
             });
         }
         if !(1024..=1_048_576).contains(&r.max_message_size) {

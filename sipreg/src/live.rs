@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use sipreg_registrar::SipOAuthListener;
+use sipreg_registrar::{MraListener, SipOAuthListener};
 use sipreg_store::{Change, Directory, Store};
 use sipreg_tokensvc::KeyRing;
 use tokio::sync::Mutex;
@@ -18,6 +18,8 @@ pub struct Live {
     directory: Directory,
     keys: Arc<KeyRing>,
     oauth_listener: Arc<SipOAuthListener>,
+    /// The MRA mutual-TLS listener; follows OAuth mode, the node's MRA port, edges and trust.
+    mra_listener: Option<Arc<MraListener>>,
     node_name: String,
     ip: IpAddr,
     /// Ports this node's other listeners hold, with the config key that sets each.
@@ -42,10 +44,62 @@ impl Live {
             directory,
             keys,
             oauth_listener,
+            mra_listener: None,
             node_name,
             ip,
             reserved,
             serial: Mutex::new(()),
+        }
+    }
+
+    /// Adds the MRA listener, which [`Live::apply`] then keeps in line with the store too.
+    pub fn with_mra(mut self, mra: Arc<MraListener>) -> Self {
+        self.mra_listener = Some(mra);
+        self
+    }
+
+    /// The MRA listener, if this node runs one.
+    pub fn mra(&self) -> Option<&Arc<MraListener>> {
+        self.mra_listener.as_ref()
+    }
+
+    /// The MRA listener's bound address, if open.
+    pub fn mra_local_addr(&self) -> Option<SocketAddr> {
+        self.mra_listener.as_ref().and_then(|m| m.local_addr())
+    }
+
+    /// Gives the MRA listener the current trust anchors and edges (closing edge connections
+    /// they no longer trust) and opens, moves or closes it with OAuth mode and the node's
+    /// `sip_mra_oauth_port`. Failures are logged, not returned: the MRA port must not keep
+    /// OAuth mode or another setting from applying.
+    async fn apply_mra(&self) {
+        let Some(mra) = &self.mra_listener else {
+            return;
+        };
+        let snap = self.directory.snapshot();
+        match self.store.trust_certs().await {
+            Ok(certs) => {
+                let pems: Vec<String> = certs.into_iter().map(|c| c.pem).collect();
+                match mra.update(&pems, snap.edges.clone()) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(closed = n, "edge connections no longer trusted were closed")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "trust store not applied to the MRA port")
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading the trust store failed"),
+        }
+        let want = snap
+            .oauth_mode()
+            .then(|| snap.nodes.iter().find(|n| n.name == self.node_name))
+            .flatten()
+            .map(|n| SocketAddr::new(self.ip, n.sip_mra_oauth_port));
+        if let Err(e) = mra.set(want).await {
+            let addr = want.map(|a| a.to_string()).unwrap_or_default();
+            tracing::error!(%addr, error = %e, "cannot open the SIP MRA OAuth port; choose a free `sip_mra_oauth_port`");
         }
     }
 
@@ -95,6 +149,7 @@ impl Live {
                 format!("cannot listen on the SIP OAuth port {addr}: {e}; choose a free port"),
             ));
         }
+        self.apply_mra().await;
         Ok(())
     }
 

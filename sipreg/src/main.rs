@@ -6,11 +6,14 @@
 
 mod admin_auth;
 mod api;
+mod api_edges;
 mod api_nodes;
 mod api_status;
 mod api_tokens;
+mod axl;
 mod cli;
 mod cli_admin;
+mod cli_edges;
 mod cli_tokens;
 mod config;
 mod config_service;
@@ -129,6 +132,20 @@ enum Command {
         #[command(subcommand)]
         action: cli_tokens::KeysAction,
     },
+    /// Edge proxies allowed on the SIP MRA OAuth port (mutual TLS).
+    Edge {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_edges::EdgeAction,
+    },
+    /// The trust store: CAs edge certificates must chain to.
+    Trust {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_edges::TrustAction,
+    },
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -159,6 +176,15 @@ struct ServeArgs {
     /// TFTP UDP port, 0 for off (overrides `listen.tftp_port`).
     #[arg(long)]
     tftp_port: Option<u16>,
+    /// Legacy SIP UDP/TCP port (overrides `listen.sip_port`).
+    #[arg(long)]
+    sip_port: Option<u16>,
+    /// Legacy SIP TLS port (overrides `listen.secured_sip_port`).
+    #[arg(long)]
+    secured_sip_port: Option<u16>,
+    /// Turn the legacy SIP ports off (overrides `[legacy]`).
+    #[arg(long)]
+    no_legacy: bool,
     /// Token issuer URL, the same on every node of a cluster (overrides `tokens.issuer`).
     #[arg(long)]
     token_issuer: Option<String>,
@@ -227,6 +253,8 @@ fn main() -> ExitCode {
             rt.block_on(cli_tokens::client(&cli.data_dir, api, action))
         }
         Command::Keys { api, action } => rt.block_on(cli_tokens::keys(&cli.data_dir, api, action)),
+        Command::Edge { api, action } => rt.block_on(cli_edges::edge(&cli.data_dir, api, action)),
+        Command::Trust { api, action } => rt.block_on(cli_edges::trust(&cli.data_dir, api, action)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "sipreg", &mut std::io::stdout());
@@ -261,6 +289,19 @@ fn serve_options(
     }
     if let Some(v) = a.tftp_port {
         cfg.listen.tftp_port = v;
+    }
+    if let Some(v) = a.sip_port {
+        cfg.listen.sip_port = v;
+    }
+    if let Some(v) = a.secured_sip_port {
+        cfg.listen.secured_sip_port = v;
+    }
+    if a.no_legacy {
+        cfg.legacy = config::LegacySection {
+            udp: false,
+            tcp: false,
+            tls: false,
+        };
     }
     if a.token_issuer.is_some() {
         cfg.tokens.issuer = a.token_issuer;

@@ -252,6 +252,19 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         max_expires: cfg.registrar.max_expires,
         max_bindings_per_aor: cfg.registrar.max_bindings_per_aor,
         max_message_size: cfg.registrar.max_message_size,
+        domains: cfg.registrar.domains.clone(),
+        path_requires_supported: cfg.registrar.path_requires_supported,
+        flow_timer: cfg.registrar.flow_timer,
+        unbind_on_close: cfg.registrar.remove_bindings_on_flow_close,
+        digest_realm: cfg.registrar.digest_realm.clone(),
+        nonce_ttl: cfg.registrar.nonce_ttl,
+        max_connections: cfg.registrar.max_connections,
+        max_connections_per_ip: cfg.registrar.max_connections_per_ip,
+        max_tls_handshakes: cfg.registrar.max_tls_handshakes,
+        idle_timeout: std::time::Duration::from_secs(cfg.registrar.idle_timeout_secs),
+        header_timeout: std::time::Duration::from_secs(cfg.registrar.header_timeout_secs),
+        persist_interval: std::time::Duration::from_millis(cfg.registrar.persist_interval_ms),
+        node_name: node_name.clone(),
         ..RegistrarConfig::default()
     };
     let registrar = Arc::new(Registrar::new(
@@ -259,6 +272,11 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         directory.clone(),
         Arc::new(validator),
     ));
+    // Bindings from before a restart come back with their remaining lifetime, before any listener opens.
+    let restored = registrar
+        .restore(store.as_ref(), crate::now())
+        .await
+        .map_err(|e| format!("restoring bindings: {e}"))?;
     let oauth_listener = Arc::new(SipOAuthListener::new(registrar.clone(), sip_tls.shared()));
     let mut reserved = vec![(https_addr.port(), "listen.https_port")];
     if cfg.listen.config_http_port != 0 {
@@ -267,20 +285,60 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     if cfg.listen.config_https_port != 0 {
         reserved.push((cfg.listen.config_https_port, "listen.config_https_port"));
     }
-    let live = Arc::new(Live::new(
-        store.clone(),
-        directory.clone(),
-        keys.clone(),
-        oauth_listener.clone(),
-        node_name.clone(),
-        ip,
-        reserved,
-    ));
+    // The MRA port presents the same certificate as the SIP OAuth port, swapped live with it.
+    let mra_listener = Arc::new(
+        sipreg_registrar::MraListener::new(
+            registrar.clone(),
+            sip_tls.shared(),
+            sipreg_registrar::MraLimits {
+                max_connections: cfg.mra.max_connections,
+                max_connections_per_ip: cfg.mra.max_connections_per_ip,
+                max_tls_handshakes: cfg.mra.max_tls_handshakes,
+            },
+        )
+        .map_err(|e| format!("SIP MRA TLS: {e}"))?,
+    );
+    let live = Arc::new(
+        Live::new(
+            store.clone(),
+            directory.clone(),
+            keys.clone(),
+            oauth_listener.clone(),
+            node_name.clone(),
+            ip,
+            reserved,
+        )
+        .with_mra(mra_listener.clone()),
+    );
     live.apply().await.map_err(|p| p.detail)?;
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registrar.clone().spawn_expiry_sweeper(cancel.clone()));
+    // The persister is cancelled last, after the listeners, and flushes once more on its way out.
+    let persist_cancel = CancellationToken::new();
+    let persister = tokio::spawn(
+        registrar
+            .clone()
+            .run_persister(store.clone(), persist_cancel.clone()),
+    );
+    let legacy_addrs = sipreg_registrar::LegacyAddrs {
+        udp: cfg
+            .legacy
+            .udp
+            .then(|| SocketAddr::new(ip, cfg.listen.sip_port)),
+        tcp: cfg
+            .legacy
+            .tcp
+            .then(|| SocketAddr::new(ip, cfg.listen.sip_port)),
+        tls: cfg
+            .legacy
+            .tls
+            .then(|| SocketAddr::new(ip, cfg.listen.secured_sip_port)),
+    };
+    let legacy = sipreg_registrar::LegacyListeners::start(registrar.clone(), &legacy_addrs, Some(sip_tls.shared()))
+        .await
+        .map_err(|e| format!("legacy SIP ports: {e}; free the port, set `listen.sip_port`/`listen.secured_sip_port`, or turn them off in `[legacy]`"))?;
     tasks.spawn(live.clone().follow(cancel.clone()));
     tasks.spawn(sipreg_store::heartbeat_loop(
         store.clone(),
@@ -314,6 +372,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             tokens: token_outcomes.clone(),
             started: std::time::Instant::now(),
         })))
+        .merge(crate::axl::router(api_state.clone()))
         .merge(api::router(api_state));
     tasks.spawn(crate::https::serve(
         https_listener,
@@ -354,16 +413,36 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         println!("  {line}");
     }
     println!("  SIP OAuth (TLS):  {oauth_addr}, cluster OAuth mode {mode}");
+    println!(
+        "  SIP MRA OAuth (mutual TLS): {}",
+        mra_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| format!("port {mra_port}, opens with cluster OAuth mode"))
+    );
     tracing::info!(%https_addr, %oauth_addr, "listening");
+
+    let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    println!(
+        "  SIP legacy (Digest): UDP {}, TCP {}, TLS {}",
+        show(legacy.udp_addr()),
+        show(legacy.tcp_addr()),
+        show(legacy.tls_addr())
+    );
+    println!("  bindings restored: {restored}");
 
     shutdown_signal().await;
     println!("sipreg: shutting down");
     cancel.cancel();
+    legacy.shutdown().await;
     let _ = oauth_listener.set(None).await;
+    let _ = mra_listener.set(None).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
+    persist_cancel.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), persister).await;
     Ok(())
 }
 

@@ -107,6 +107,14 @@ impl Server {
         if !self.extra_args.iter().any(|a| a == "--config-https-port") {
             v.extend(["--config-https-port".to_string(), free_port().to_string()]);
         }
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a == "--sip-port" || a == "--no-legacy")
+        {
+            v.extend(["--sip-port".to_string(), free_port().to_string()]);
+            v.extend(["--secured-sip-port".to_string(), free_port().to_string()]);
+        }
         if !self.extra_args.iter().any(|a| a == "--tftp-port") {
             v.extend(["--tftp-port".to_string(), "0".to_string()]);
         }

@@ -164,7 +164,7 @@ impl Node {
             .args(["--config-http-port", &config_port.to_string()])
             .args(["--config-https-port", &free_port().to_string()])
             .args(["--sip-oauth-port", &sip_oauth_port.to_string()])
-            .args(["--tftp-port", "0"])
+            .args(["--tftp-port", "0", "--no-legacy"])
             .args(["--token-issuer", "https://cluster.sipreg.test:8443"])
             .env("SIPREG_LOG", "info")
             .stdin(Stdio::null())
