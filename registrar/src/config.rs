@@ -71,6 +71,8 @@ pub struct RegistrarConfig {
     /// This node's name: persisted bindings are written and restored as this node's rows, so
     /// nodes sharing a store keep their own flows. Empty: `host`.
     pub node_name: String,
+    /// Digest algorithms offered on the legacy ports, most preferred first (RFC 7616 §3.7).
+    pub digest_algorithms: Vec<crate::digest::Algorithm>,
 }
 
 impl RegistrarConfig {
@@ -112,6 +114,10 @@ impl Default for RegistrarConfig {
             max_tls_handshakes: 256,
             persist_interval: Duration::from_millis(1000),
             node_name: String::new(),
+            digest_algorithms: vec![
+                crate::digest::Algorithm::Sha256,
+                crate::digest::Algorithm::Md5,
+            ],
         }
     }
 }

@@ -173,6 +173,8 @@ pub struct DigestAuth {
     nonce_ttl: i64,
     /// nonce → (issued at, highest nc seen).
     seen: DashMap<String, (i64, u32)>,
+    /// Offered algorithms, most preferred first.
+    algorithms: Vec<Algorithm>,
 }
 
 impl std::fmt::Debug for DigestAuth {
@@ -191,7 +193,18 @@ impl DigestAuth {
             secret,
             nonce_ttl: i64::from(nonce_ttl_secs),
             seen: DashMap::new(),
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         }
+    }
+
+    /// Offers (and accepts) only these algorithms, challenged in this order; empty keeps the default
+    /// (SHA-256, then MD5). Clients that take the first challenge and know only MD5 (sipp 3.6)
+    /// need MD5 first.
+    pub fn with_algorithms(mut self, algorithms: &[Algorithm]) -> Self {
+        if !algorithms.is_empty() {
+            self.algorithms = algorithms.to_vec();
+        }
+        self
     }
 
     /// With a random secret: nonces do not survive a restart (clients simply get challenged).
@@ -246,7 +259,7 @@ impl DigestAuth {
     pub fn challenges(&self, realm: &str, now: i64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(realm, now);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
+        self.algorithms
             .iter()
             .map(|a| {
                 format!(
@@ -270,6 +283,9 @@ impl DigestAuth {
     ) -> Result<(), DigestError> {
         if resp.realm != realm || resp.uri != request_uri {
             return Err(DigestError::Mismatch);
+        }
+        if !self.algorithms.contains(&resp.algorithm) {
+            return Err(DigestError::Unsupported);
         }
         let issued = self.nonce_issued(&resp.nonce, realm)?;
         if issued > now + FUTURE_SKEW {

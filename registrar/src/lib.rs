@@ -7,7 +7,8 @@
 //! framing, RFC 5626 keep-alives) → [`Registrar`] (clock, shared state, [`Stats`], connection
 //! caps) → [`register::process`] (the sans-IO RFC 3261 §10.3 decision) over [`Request`],
 //! [`Location`], a [`BearerValidator`] supplied by the token service and [`DigestAuth`].
-//! [`persist`] writes bindings behind to the store and restores them at start.
+//! [`persist`] writes bindings behind to the store and restores them at start. [`MraListener`]
+//! serves edge proxies over mutual TLS on the MRA port, admitting them through [`EdgeTrust`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

@@ -78,7 +78,7 @@ impl Registrar {
             stats.clone(),
         ));
         Registrar {
-            digest: DigestAuth::random(config.nonce_ttl),
+            digest: DigestAuth::random(config.nonce_ttl).with_algorithms(&config.digest_algorithms),
             config,
             directory,
             validator,

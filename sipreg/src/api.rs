@@ -78,6 +78,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .merge(crate::admin_auth::router())
         .merge(crate::api_status::router())
         .merge(crate::api_tokens::router())
+        .merge(crate::api_digest::router())
 }
 
 async fn no_such_api() -> Problem {

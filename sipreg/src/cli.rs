@@ -87,6 +87,17 @@ pub enum DeviceAction {
         #[arg(long)]
         oauth: bool,
     },
+    /// Set the device's Digest credential for the legacy ports; the password is read from stdin.
+    Digest {
+        /// Device name.
+        name: String,
+        /// Digest user name.
+        #[arg(long, required_unless_present = "clear")]
+        username: Option<String>,
+        /// Remove the credential instead.
+        #[arg(long)]
+        clear: bool,
+    },
     /// List devices.
     List,
     /// Delete a device.
@@ -311,7 +322,25 @@ pub async fn device(data_dir: &Path, a: ApiArgs, action: DeviceAction) -> ExitCo
                     let v = c.call(reqwest::Method::POST, "devices", Some(body)).await?;
                     c.print(&v, |_| println!("device {name} added"));
                 }
-                DeviceAction::List => {
+                DeviceAction::Digest { name, username, clear } => {
+                if clear {
+                    c.call(reqwest::Method::DELETE, &format!("devices/{name}/digest"), None).await?;
+                    c.print(&json!({"cleared": name}), |_| println!("device {name}: Digest credential removed"));
+                } else {
+                    let mut password = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut password)
+                        .map_err(|e| Failure::Setup(format!("cannot read the password from standard input: {e}")))?;
+                    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+                    if password.is_empty() {
+                        return Err(Failure::Setup("no password on standard input; pipe it in: `echo secret | sipreg device digest NAME --username U`".into()));
+                    }
+                    let body = json!({"username": username.unwrap_or_default(), "password": password});
+                    let v = c.call(reqwest::Method::PUT, &format!("devices/{name}/digest"), Some(body)).await?;
+                    c.print(&v, |v| println!("device {name}: Digest user {} in realm {}", v["username"].as_str().unwrap_or(""), v["realm"].as_str().unwrap_or("")));
+                }
+            }
+            DeviceAction::List => {
                     let v = c.call(reqwest::Method::GET, "devices", None).await?;
                     c.print(&v, |v| {
                         println!("{:<24} {:<20} {:<6} LINES", "DEVICE", "OWNER", "OAUTH");

@@ -186,6 +186,8 @@ pub struct RegistrarSection {
     pub digest_realm: String,
     /// Digest nonce lifetime, seconds (then `stale=true`).
     pub nonce_ttl: u32,
+    /// Digest algorithms offered, most preferred first: `SHA-256`, `MD5`.
+    pub digest_algorithms: Vec<String>,
     /// Connections open at once over all SIP listeners (0 = unlimited).
     pub max_connections: usize,
     /// Connections from one address (0 = unlimited).
@@ -214,6 +216,7 @@ impl Default for RegistrarSection {
             remove_bindings_on_flow_close: false,
             digest_realm: "ccmsipline".into(),
             nonce_ttl: 300,
+            digest_algorithms: vec!["SHA-256".into(), "MD5".into()],
             max_connections: 10000,
             max_connections_per_ip: 1000,
             max_tls_handshakes: 256,
@@ -370,6 +373,17 @@ impl Config {
                 key: "registrar.max_bindings_per_aor",
                 value: r.max_bindings_per_aor.to_string(),
                 rule: "1–1000",
+            });
+        }
+        if r.digest_algorithms.is_empty()
+            || r.digest_algorithms
+                .iter()
+                .any(|a| a != "SHA-256" && a != "MD5")
+        {
+            return Err(ConfigError::Range {
+                key: "registrar.digest_algorithms",
+                value: format!("{:?}", r.digest_algorithms),
+                rule: "a non-empty list of \"SHA-256\" and \"MD5\"",
             });
         }
         if !(5..=3600).contains(&r.nonce_ttl) {

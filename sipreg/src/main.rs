@@ -6,6 +6,7 @@
 
 mod admin_auth;
 mod api;
+mod api_digest;
 mod api_edges;
 mod api_nodes;
 mod api_status;
@@ -176,6 +177,9 @@ struct ServeArgs {
     /// TFTP UDP port, 0 for off (overrides `listen.tftp_port`).
     #[arg(long)]
     tftp_port: Option<u16>,
+    /// SIP MRA OAuth (mutual TLS) port (overrides the node's stored `sip_mra_oauth_port`).
+    #[arg(long)]
+    sip_mra_oauth_port: Option<u16>,
     /// Legacy SIP UDP/TCP port (overrides `listen.sip_port`).
     #[arg(long)]
     sip_port: Option<u16>,
@@ -268,6 +272,7 @@ fn serve_options(
     a: ServeArgs,
 ) -> Result<serve::ServeOptions, config::ConfigError> {
     let explicit_oauth_port = a.sip_oauth_port.is_some();
+    let explicit_mra_port = a.sip_mra_oauth_port.is_some();
     let mut cfg = match &a.config {
         Some(p) => config::Config::from_file(p)?,
         None => config::Config::default(),
@@ -289,6 +294,9 @@ fn serve_options(
     }
     if let Some(v) = a.tftp_port {
         cfg.listen.tftp_port = v;
+    }
+    if let Some(v) = a.sip_mra_oauth_port {
+        cfg.listen.sip_mra_oauth_port = v;
     }
     if let Some(v) = a.sip_port {
         cfg.listen.sip_port = v;
@@ -325,5 +333,6 @@ fn serve_options(
         data_dir,
         config: cfg,
         explicit_oauth_port,
+        explicit_mra_port,
     })
 }

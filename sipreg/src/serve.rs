@@ -8,6 +8,7 @@ use std::sync::Arc;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use sipreg_registrar::digest::Algorithm as DigestAlgorithm;
 use sipreg_registrar::{
     BearerError, BearerValidator, Registrar, RegistrarConfig, SipOAuthListener, TokenIdentity,
 };
@@ -29,6 +30,8 @@ pub struct ServeOptions {
     pub config: Config,
     /// The SIP OAuth port came from the command line, so it overrides the stored node's port.
     pub explicit_oauth_port: bool,
+    /// Likewise for the SIP MRA OAuth port.
+    pub explicit_mra_port: bool,
 }
 
 /// The scope a token needs to register.
@@ -194,8 +197,18 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         .into_iter()
         .find(|n| n.name == node_name);
     let (oauth_port, mra_port) = match &stored {
-        Some(n) if !opts.explicit_oauth_port => (n.sip_oauth_port, n.sip_mra_oauth_port),
-        Some(n) => (oauth_port, n.sip_mra_oauth_port),
+        Some(n) => (
+            if opts.explicit_oauth_port {
+                oauth_port
+            } else {
+                n.sip_oauth_port
+            },
+            if opts.explicit_mra_port {
+                cfg.listen.sip_mra_oauth_port
+            } else {
+                n.sip_mra_oauth_port
+            },
+        ),
         None => (oauth_port, cfg.listen.sip_mra_oauth_port),
     };
     let oauth_addr = SocketAddr::new(ip, oauth_port);
@@ -265,6 +278,18 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         header_timeout: std::time::Duration::from_secs(cfg.registrar.header_timeout_secs),
         persist_interval: std::time::Duration::from_millis(cfg.registrar.persist_interval_ms),
         node_name: node_name.clone(),
+        digest_algorithms: cfg
+            .registrar
+            .digest_algorithms
+            .iter()
+            .map(|a| {
+                if a == "MD5" {
+                    DigestAlgorithm::Md5
+                } else {
+                    DigestAlgorithm::Sha256
+                }
+            })
+            .collect(),
         ..RegistrarConfig::default()
     };
     let registrar = Arc::new(Registrar::new(

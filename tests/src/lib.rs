@@ -115,6 +115,9 @@ impl Server {
             v.extend(["--sip-port".to_string(), free_port().to_string()]);
             v.extend(["--secured-sip-port".to_string(), free_port().to_string()]);
         }
+        if !self.extra_args.iter().any(|a| a == "--sip-mra-oauth-port") {
+            v.extend(["--sip-mra-oauth-port".to_string(), free_port().to_string()]);
+        }
         if !self.extra_args.iter().any(|a| a == "--tftp-port") {
             v.extend(["--tftp-port".to_string(), "0".to_string()]);
         }

@@ -535,12 +535,31 @@ async fn kamailio_relays_registers_over_mtls_until_its_edge_entry_is_removed() {
     assert_eq!(conns.len(), 1, "{mra}");
     assert_eq!(conns[0]["edge"], "127.0.0.1");
     assert_eq!(conns[0]["matched"], "kamailio.edge.example.test");
-    // The binding is there: a query (no Contact) through the edge lists it. (That it holds the
-    // Path is asserted on the registrar's location service in registrar/src/mra/tests.rs; the
-    // binary exposes no binding listing yet.)
+    // The binding is there: a query (no Contact) through the edge lists it, and the
+    // write-behind persister stores it with its Path within about a second.
     let r = register_via(edge, &token, 2, false).await.unwrap();
     assert!(r.starts_with("SIP/2.0 200 OK\r\n"), "{r}");
     assert!(r.contains("Contact: <sip:1010@127.0.0.1:"), "{r}");
+    let needle = path_uri.trim_matches(['<', '>']).to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let db = rusqlite::Connection::open(s.data_dir.join("sipreg.db")).unwrap();
+        let rows: Vec<String> = db
+            .prepare("SELECT data FROM bindings WHERE aor LIKE '1010@%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect();
+        if rows.iter().any(|d| d.contains(&needle)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "binding with Path {needle} not stored: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A bad token through the edge is refused exactly as on the OAuth port.
     let r = register_via(edge, "not-a-token", 3, true).await.unwrap();
     assert!(r.starts_with("SIP/2.0 401 "), "{r}");
