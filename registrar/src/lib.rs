@@ -28,6 +28,7 @@ pub mod persist;
 pub mod register;
 pub mod registrar;
 pub mod response;
+mod slot;
 
 pub use auth::{AuthDialect, BearerError, BearerValidator, TokenIdentity};
 pub use config::RegistrarConfig;

@@ -14,7 +14,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,7 +25,7 @@ use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use sipreg_store::Edge;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use crate::limits::{ConnectionGate, ConnectionPermit, Stats, StatsSnapshot};
 use crate::location::Transport;
 use crate::register::{ConnectionFacts, PortKind};
 use crate::registrar::Registrar;
+use crate::slot::ListenerSlot;
 
 /// Errors setting up the MRA listener.
 #[derive(Debug, thiserror::Error)]
@@ -109,27 +110,10 @@ struct Shared {
     live: DashMap<u64, LiveConn>,
 }
 
-struct Running {
-    bind: SocketAddr,
-    local: SocketAddr,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.cancel.cancel();
-        if let Err(e) = self.task.await {
-            tracing::warn!(error = %e, "mra accept loop ended abnormally");
-        }
-    }
-}
-
 /// The MRA mutual-TLS listener; see the module docs.
 pub struct MraListener {
     shared: Arc<Shared>,
-    running: tokio::sync::Mutex<Option<Running>>,
-    local: Mutex<Option<SocketAddr>>,
+    slot: ListenerSlot,
 }
 
 impl std::fmt::Debug for MraListener {
@@ -176,8 +160,7 @@ impl MraListener {
                 gate_stats,
                 live: DashMap::new(),
             }),
-            running: tokio::sync::Mutex::new(None),
-            local: Mutex::new(None),
+            slot: ListenerSlot::new("sip mra oauth (mutual tls)"),
         })
     }
 
@@ -239,71 +222,23 @@ impl MraListener {
     /// `Some(addr)`: listen there (rebinding if the address changed; a no-op if it did not).
     /// `None`: close the listening socket and drop every edge connection.
     pub async fn set(&self, bind: Option<SocketAddr>) -> io::Result<()> {
-        let mut running = self.running.lock().await;
-        let Some(bind) = bind else {
-            if let Some(r) = running.take() {
-                self.set_local(None);
-                let addr = r.local;
-                r.stop().await;
-                tracing::info!(%addr, "sip mra oauth listener closed");
-            }
-            return Ok(());
-        };
-        if running.as_ref().is_some_and(|r| r.bind == bind) {
-            return Ok(());
-        }
-        // Bind the new address first so a failed move keeps serving; only when the old socket
-        // holds the very port is it closed first.
-        let listener = match TcpListener::bind(bind).await {
-            Ok(l) => l,
-            Err(e)
-                if e.kind() == io::ErrorKind::AddrInUse
-                    && running
-                        .as_ref()
-                        .is_some_and(|r| r.local.port() == bind.port()) =>
-            {
-                if let Some(r) = running.take() {
-                    self.set_local(None);
-                    r.stop().await;
-                }
-                TcpListener::bind(bind).await?
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(r) = running.take() {
-            r.stop().await;
-        }
-        let local = listener.local_addr()?;
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, self.shared.clone(), cancel.clone()));
-        *running = Some(Running {
-            bind,
-            local,
-            cancel,
-            task,
-        });
-        self.set_local(Some(local));
-        tracing::info!(addr = %local, "sip mra oauth listener open (mutual tls)");
-        Ok(())
+        let shared = self.shared.clone();
+        self.slot
+            .set(bind, move |listener, cancel| {
+                tokio::spawn(accept_loop(listener, shared, cancel))
+            })
+            .await
     }
 
     /// The address actually listened on (resolves port 0), `None` when closed.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        *self.local.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_local(&self, addr: Option<SocketAddr>) {
-        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+        self.slot.local_addr()
     }
 }
 
 impl Drop for MraListener {
     fn drop(&mut self) {
-        if let Ok(mut running) = self.running.try_lock() {
-            if let Some(r) = running.take() {
-                r.cancel.cancel();
-            }
-        }
+        self.slot.cancel_now();
     }
 }
 
