@@ -9,8 +9,8 @@
 //! server's resident memory and [`footprint`] the location service's.
 //!
 //! Criterion micro benchmarks live in `benches/micro.rs`; the scripts `compare` (side by side
-//! with Kamailio) and `smoke` (every scenario once, tiny, from `scripts/test`) sit beside this
-//! crate's `Cargo.toml`. Results and how to read them: `BENCHMARKS.md` at the workspace root.
+//! with Kamailio), `profile` (perf of sipreg under one scenario) and `smoke` (every scenario
+//! once, tiny, from `scripts/test`) sit beside this crate's `Cargo.toml`. Results and how to read them: `BENCHMARKS.md` at the workspace root.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

@@ -303,7 +303,43 @@ impl Location {
         marked
     }
 
-    fn remove_where(&self, pred: impl Fn(&Binding) -> bool) -> usize {
+    /// Every unexpired binding with its AOR, for the registrations view.
+    pub fn all(&self, now: i64) -> Vec<(String, Binding)> {
+        let mut out = Vec::new();
+        for e in self.aors.iter() {
+            for b in e.bindings.iter().filter(|b| b.expires_at > now) {
+                out.push((e.key().clone(), b.clone()));
+            }
+        }
+        out.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.contact_key.cmp(&b.1.contact_key))
+        });
+        out
+    }
+
+    /// Force-unregisters within one AOR: removes its bindings for which `pred` holds; returns how many.
+    pub fn remove_in(&self, aor: &str, pred: impl Fn(&Binding) -> bool) -> usize {
+        let mut removed = 0;
+        let mut now_empty = false;
+        if let Some(mut v) = self.aors.get_mut(aor) {
+            let before = v.bindings.len();
+            v.bindings.retain(|b| !pred(b));
+            removed = before - v.bindings.len();
+            now_empty = v.bindings.is_empty();
+        }
+        if now_empty {
+            self.aors.remove_if(aor, |_, v| v.bindings.is_empty());
+        }
+        if removed > 0 {
+            self.mark_dirty(aor);
+        }
+        removed
+    }
+
+    /// Force-unregisters: removes the bindings for which `pred` holds (e.g. one device's), marking
+    /// their AORs for persistence; returns how many were removed.
+    pub fn remove_where(&self, pred: impl Fn(&Binding) -> bool) -> usize {
         let mut removed = 0;
         let mut changed = Vec::new();
         self.aors.retain(|aor, v| {

@@ -79,6 +79,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .merge(crate::api_status::router())
         .merge(crate::api_tokens::router())
         .merge(crate::api_digest::router())
+        .merge(crate::api_registrations::router())
 }
 
 async fn no_such_api() -> Problem {

@@ -9,6 +9,7 @@ mod api;
 mod api_digest;
 mod api_edges;
 mod api_nodes;
+mod api_registrations;
 mod api_status;
 mod api_tokens;
 mod axl;

@@ -424,3 +424,68 @@ async fn status_shows_listeners_and_counts_and_completions_print() {
         "bash completion script"
     );
 }
+
+#[tokio::test]
+async fn registrations_are_listed_filtered_and_force_unregistered() {
+    let s = Server::start().await;
+    s.add_user_and_device("reg", "pw-reg", "CSFreg", &["1500", "1501"], true);
+    s.oauth_mode(true);
+    let token = s.password_token("reg", "pw-reg").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = s.sip_connect().await.unwrap();
+    for (line, call) in [("1500", "r1"), ("1501", "r2")] {
+        let r = c
+            .request(
+                &sipreg_e2e::Register::new(line, call, 1, c.local)
+                    .bearer(&token)
+                    .header("Expires: 600")
+                    .build(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.code, 200, "{}", r.text);
+    }
+    let (st, all) = s
+        .api(reqwest::Method::GET, "registrations?device=csfreg", None)
+        .await;
+    assert_eq!(st, 200);
+    let all = all.as_array().unwrap().clone();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|r| r["node"] == "node1" && r["user"] == "reg"),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .all(|r| (590..=600).contains(&r["expires_in"].as_i64().unwrap())),
+        "{all:?}"
+    );
+    let (_, one) = s
+        .api(
+            reqwest::Method::GET,
+            "registrations?aor=1500@localhost",
+            None,
+        )
+        .await;
+    assert_eq!(one.as_array().unwrap().len(), 1, "{one}");
+
+    let (st, p) = s.api(reqwest::Method::DELETE, "registrations", None).await;
+    assert_eq!(st, 400, "an unfiltered force-unregister is refused: {p}");
+    let (st, body) = s
+        .api(
+            reqwest::Method::DELETE,
+            "registrations?aor=1500@localhost",
+            None,
+        )
+        .await;
+    assert_eq!((st, body["removed"].as_u64()), (200, Some(1)));
+    let (_, body) = s
+        .api(reqwest::Method::DELETE, "registrations?device=CSFreg", None)
+        .await;
+    assert_eq!(body["removed"], 1);
+    let (_, left) = s.api(reqwest::Method::GET, "registrations", None).await;
+    assert!(left.as_array().unwrap().is_empty(), "{left}");
+}
