@@ -15,8 +15,15 @@ use crate::CertError;
 static VERSIONS: &[&SupportedProtocolVersion] = &[&TLS13, &TLS12];
 
 /// The provider is named explicitly so the process-wide default (possibly absent or ring) never matters.
+///
+/// AES-128-GCM suites come first (servers enforce this order): the SHA-384 key schedule of the
+/// AES-256 suites cost ~9 % of a handshake in the reconnect-storm profile (BENCHMARKS.md), on CPUs
+/// without SHA-512 instructions, for no gain a registrar needs.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(aws_lc_rs::default_provider())
+    let mut p = aws_lc_rs::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| !format!("{:?}", s.suite()).contains("AES_128_GCM"));
+    Arc::new(p)
 }
 
 /// A TLS 1.2+ server config (aws-lc-rs) from a PEM certificate chain and key, with ALPN protocols.
@@ -32,6 +39,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(parse_certs(cert_chain_pem)?, parse_key(key_pem)?)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.ignore_client_order = true;
     Ok(cfg)
 }
 
@@ -53,6 +61,7 @@ pub fn server_config_mtls(
         .with_client_cert_verifier(verifier)
         .with_single_cert(parse_certs(cert_chain_pem)?, parse_key(key_pem)?)?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.ignore_client_order = true;
     Ok(cfg)
 }
 
@@ -301,5 +310,20 @@ mod tests {
             client_config(b"junk"),
             Err(CertError::NoCertificate)
         ));
+    }
+
+    #[test]
+    fn servers_prefer_aes_128_gcm_whatever_the_client_lists_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = crate::load_or_create(dir.path(), &["localhost".to_string()]).unwrap();
+        let cfg = server_config(
+            &std::fs::read(&paths.server_cert).unwrap(),
+            &std::fs::read(&paths.server_key).unwrap(),
+            &[],
+        )
+        .unwrap();
+        assert!(cfg.ignore_client_order);
+        let first = cfg.crypto_provider().cipher_suites[0].suite();
+        assert_eq!(first, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     }
 }

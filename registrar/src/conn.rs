@@ -25,7 +25,9 @@ use crate::registrar::{Answer, Registrar};
 /// How long closing connections get to finish before they are aborted.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read chunk size; the framer bounds what is kept.
-const READ_CHUNK: usize = 16 * 1024;
+// Held for a connection's whole life: 4 KiB keeps 100k idle connections small (a 16 KiB buffer
+// was most of the per-connection memory, BENCHMARKS.md); larger messages arrive over several reads.
+const READ_CHUNK: usize = 4 * 1024;
 
 /// Connection ids, unique for the process lifetime; 0 is never used (it means "no flow").
 pub(crate) static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
