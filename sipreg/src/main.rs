@@ -13,6 +13,7 @@ mod api_registrations;
 mod api_status;
 mod api_tokens;
 mod axl;
+mod backup;
 mod cli;
 mod cli_admin;
 mod cli_edges;
@@ -148,6 +149,16 @@ enum Command {
         #[command(subcommand)]
         action: cli_edges::TrustAction,
     },
+    /// Write a consistent copy of the SQLite database (online).
+    Backup {
+        /// The new backup file.
+        file: PathBuf,
+    },
+    /// Replace the SQLite database with a backup (stop the server first).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -260,6 +271,8 @@ fn main() -> ExitCode {
         Command::Keys { api, action } => rt.block_on(cli_tokens::keys(&cli.data_dir, api, action)),
         Command::Edge { api, action } => rt.block_on(cli_edges::edge(&cli.data_dir, api, action)),
         Command::Trust { api, action } => rt.block_on(cli_edges::trust(&cli.data_dir, api, action)),
+        Command::Backup { file } => backup::backup(&cli.data_dir, &file),
+        Command::Restore { file } => backup::restore(&cli.data_dir, &file),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "sipreg", &mut std::io::stdout());

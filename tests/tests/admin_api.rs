@@ -489,3 +489,42 @@ async fn registrations_are_listed_filtered_and_force_unregistered() {
     let (_, left) = s.api(reqwest::Method::GET, "registrations", None).await;
     assert!(left.as_array().unwrap().is_empty(), "{left}");
 }
+
+#[tokio::test]
+async fn an_online_backup_restores_the_state_it_captured() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Server::start().await;
+    s.add_user_and_device("kept", "pw", "CSFkept", &["1600"], true);
+    let backup = s.dir.path().join("sipreg-backup.db");
+    let (code, out, err) = s.cli(&["backup", backup.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "it holds keys"
+    );
+    let (code, _, err) = s.cli(&["backup", backup.to_str().unwrap()], None);
+    assert_eq!(code, 1, "an existing file is never overwritten: {err}");
+    let (code, _, _) = s.cli(&["user", "add", "later"], Some("pw\n"));
+    assert_eq!(code, 0);
+    let (code, _, err) = s.cli(&["restore", backup.to_str().unwrap()], None);
+    assert_eq!(code, 1, "restore refuses while the server runs");
+    assert!(err.contains("stop it first"), "{err}");
+
+    s.stop();
+    let junk = s.dir.path().join("junk");
+    std::fs::write(&junk, b"not a database").unwrap();
+    let (code, _, err) = s.cli(&["restore", junk.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, err) = s.cli(&["restore", backup.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{out}{err}");
+    s.restart().await;
+    let (_, users) = s.api(reqwest::Method::GET, "users", None).await;
+    let ids: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["kept"], "the state at backup time is back");
+}
