@@ -18,6 +18,6 @@ mod tls;
 pub use error::CertError;
 pub use files::write_secret_file;
 pub use inspect::{summarize_der, summarize_pem, CertSummary};
-pub use pki::{load_or_create, PkiPaths};
+pub use pki::{load_or_create, regenerate_server_cert, PkiPaths};
 pub use reload::ReloadableServerConfig;
 pub use tls::{client_config, client_config_with_cert, server_config, server_config_mtls};

@@ -82,6 +82,20 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<PkiPaths, CertErro
     Ok(paths)
 }
 
+/// Issues a fresh server certificate (new key) from the local CA for `names`, replacing the old
+/// files atomically; the caller swaps it into the live TLS configs.
+pub fn regenerate_server_cert(dir: &Path, names: &[String]) -> Result<PkiPaths, CertError> {
+    let names = dedup(names);
+    let Some(first) = names.first() else {
+        return Err(CertError::NoNames);
+    };
+    let paths = PkiPaths::in_dir(dir);
+    let (_, issuer) = load_or_create_ca(&paths, first)?;
+    info!(path = %paths.server_cert.display(), "regenerating server certificate on request");
+    issue_server_cert(&paths, &issuer, &names, SERVER_LIFETIME)?;
+    Ok(paths)
+}
+
 fn dedup(names: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for n in names {

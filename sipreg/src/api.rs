@@ -32,6 +32,8 @@ pub struct ApiState {
     pub admin_token_sha256: [u8; 32],
     /// What `status` reports.
     pub status: Arc<crate::api_status::StatusInfo>,
+    /// The server certificate and the TLS configs presenting it.
+    pub certs: Arc<crate::api_certs::CertControl>,
     /// The token service (key rotation, settings).
     pub tokens: Arc<sipreg_tokensvc::TokenService>,
 }
@@ -80,6 +82,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .merge(crate::api_tokens::router())
         .merge(crate::api_digest::router())
         .merge(crate::api_registrations::router())
+        .merge(crate::api_certs::router())
 }
 
 async fn no_such_api() -> Problem {

@@ -149,6 +149,49 @@ pub async fn token(data_dir: &Path, a: ApiArgs, action: TokenAction) -> ExitCode
     )
 }
 
+/// `sipreg certs ...`
+#[derive(Subcommand)]
+pub enum CertsAction {
+    /// Subject, SANs, issuer, validity and fingerprint of the server certificate.
+    Show,
+    /// Issue a new server certificate from the local CA; every port uses it at once.
+    Regenerate,
+}
+
+/// Runs `sipreg certs ...`.
+pub async fn certs(data_dir: &Path, a: ApiArgs, action: CertsAction) -> ExitCode {
+    done(
+        async {
+            let c = Client::new(data_dir, a)?;
+            let v = match action {
+                CertsAction::Show => c.call(reqwest::Method::GET, "certs/server", None).await?,
+                CertsAction::Regenerate => {
+                    c.call(reqwest::Method::POST, "certs/server/regenerate", None)
+                        .await?
+                }
+            };
+            c.print(&v, |v| {
+                println!("subject:  {}", v["subject"].as_str().unwrap_or(""));
+                println!("issuer:   {}", v["issuer"].as_str().unwrap_or(""));
+                let sans: Vec<&str> = v["sans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!("SANs:     {}", sans.join(", "));
+                println!(
+                    "valid:    {} – {} (unix seconds)",
+                    v["not_before"], v["not_after"]
+                );
+                println!("SHA-256:  {}", v["sha256"].as_str().unwrap_or(""));
+            });
+            Ok(())
+        }
+        .await,
+    )
+}
+
 /// Runs `sipreg status`.
 pub async fn status(data_dir: &Path, a: ApiArgs) -> ExitCode {
     done(

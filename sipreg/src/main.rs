@@ -6,6 +6,7 @@
 
 mod admin_auth;
 mod api;
+mod api_certs;
 mod api_digest;
 mod api_edges;
 mod api_nodes;
@@ -149,6 +150,13 @@ enum Command {
         #[command(subcommand)]
         action: cli_edges::TrustAction,
     },
+    /// The server certificate (show, regenerate live).
+    Certs {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_admin::CertsAction,
+    },
     /// Write a consistent copy of the SQLite database (online).
     Backup {
         /// The new backup file.
@@ -271,6 +279,7 @@ fn main() -> ExitCode {
         Command::Keys { api, action } => rt.block_on(cli_tokens::keys(&cli.data_dir, api, action)),
         Command::Edge { api, action } => rt.block_on(cli_edges::edge(&cli.data_dir, api, action)),
         Command::Trust { api, action } => rt.block_on(cli_edges::trust(&cli.data_dir, api, action)),
+        Command::Certs { api, action } => rt.block_on(cli_admin::certs(&cli.data_dir, api, action)),
         Command::Backup { file } => backup::backup(&cli.data_dir, &file),
         Command::Restore { file } => backup::restore(&cli.data_dir, &file),
         Command::Completions { shell } => {

@@ -387,6 +387,12 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             server_cert: pki.server_cert.clone(),
         }),
         tokens: tokens.clone(),
+        certs: Arc::new(crate::api_certs::CertControl {
+            dir: data_dir.join("tls"),
+            names: names.clone(),
+            sip: sip_tls.clone(),
+            https: https_tls.clone(),
+        }),
     };
     let app = tokens
         .clone()

@@ -441,6 +441,21 @@ impl SipClient {
         })
     }
 
+    /// Hex SHA-256 of the certificate the server presented on this connection.
+    pub fn peer_sha256(&self) -> String {
+        use sha2::Digest;
+        let certs = self
+            .stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("server certificate");
+        sha2::Sha256::digest(certs[0].as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Sends raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();

@@ -528,3 +528,69 @@ async fn an_online_backup_restores_the_state_it_captured() {
         .collect();
     assert_eq!(ids, ["kept"], "the state at backup time is back");
 }
+
+#[tokio::test]
+async fn regenerating_the_certificate_applies_to_new_connections_while_old_ones_carry_on() {
+    let s = Server::start().await;
+    s.add_user_and_device("cy", "pw-cy", "CSFcy", &["1700"], true);
+    s.oauth_mode(true);
+    let token = s.password_token("cy", "pw-cy").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut old = s.sip_connect().await.unwrap();
+    let r = old
+        .request(
+            &sipreg_e2e::Register::new("1700", "c1", 1, old.local)
+                .bearer(&token)
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.code, 200);
+    let (code, out, err) = s.cli(&["certs", "show", "--json"], None);
+    assert_eq!(code, 0, "{err}");
+    let before: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        before["sha256"],
+        old.peer_sha256(),
+        "show names the certificate in use"
+    );
+    assert!(
+        before["sans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "localhost"),
+        "{before}"
+    );
+
+    let (code, out, err) = s.cli(&["certs", "regenerate", "--json"], None);
+    assert_eq!(code, 0, "{err}");
+    let after: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(after["sha256"], before["sha256"]);
+
+    let fresh = s
+        .sip_connect()
+        .await
+        .expect("the new certificate chains to the same CA");
+    assert_eq!(
+        fresh.peer_sha256(),
+        after["sha256"].as_str().unwrap(),
+        "new handshakes see it at once"
+    );
+    let r = old
+        .request(
+            &sipreg_e2e::Register::new("1700", "c1", 2, old.local)
+                .bearer(&token)
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.code, 200, "the old connection still works");
+    let (st, _) = s.api(reqwest::Method::GET, "certs/server", None).await;
+    assert_eq!(
+        st, 200,
+        "HTTPS itself now serves the new certificate and still answers"
+    );
+}
