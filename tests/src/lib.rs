@@ -69,6 +69,12 @@ pub struct Server {
     pub config_port: u16,
     /// SIP OAuth port.
     pub sip_oauth_port: u16,
+    /// SIP MRA OAuth port (unless the test named one itself).
+    pub sip_mra_oauth_port: u16,
+    /// Legacy SIP UDP/TCP port (unless the test named one itself).
+    pub sip_port: u16,
+    /// Legacy SIP TLS port (unless the test named one itself).
+    pub secured_sip_port: u16,
     child: Option<Child>,
     http: reqwest::Client,
     admin_token: String,
@@ -92,6 +98,9 @@ impl Server {
             https_port: free_port(),
             config_port: free_port(),
             sip_oauth_port: free_port(),
+            sip_mra_oauth_port: free_port(),
+            sip_port: free_port(),
+            secured_sip_port: free_port(),
             child: None,
             http: reqwest::Client::new(),
             admin_token: String::new(),
@@ -112,11 +121,17 @@ impl Server {
             .iter()
             .any(|a| a == "--sip-port" || a == "--no-legacy")
         {
-            v.extend(["--sip-port".to_string(), free_port().to_string()]);
-            v.extend(["--secured-sip-port".to_string(), free_port().to_string()]);
+            v.extend(["--sip-port".to_string(), self.sip_port.to_string()]);
+            v.extend([
+                "--secured-sip-port".to_string(),
+                self.secured_sip_port.to_string(),
+            ]);
         }
         if !self.extra_args.iter().any(|a| a == "--sip-mra-oauth-port") {
-            v.extend(["--sip-mra-oauth-port".to_string(), free_port().to_string()]);
+            v.extend([
+                "--sip-mra-oauth-port".to_string(),
+                self.sip_mra_oauth_port.to_string(),
+            ]);
         }
         if !self.extra_args.iter().any(|a| a == "--tftp-port") {
             v.extend(["--tftp-port".to_string(), "0".to_string()]);

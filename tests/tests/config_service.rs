@@ -223,7 +223,7 @@ async fn the_file_parses_with_python_and_matches_the_golden_file() {
         "root device axl:XIPPhone".to_string(),
         "children fullConfig deviceProtocol devicePool sipOAuthMode sipProfile versionStamp deviceSecurityMode transportLayerProtocol userId ownerId".into(),
         "oauth 1".into(),
-        format!("member 0 localhost {} 5091", s.sip_oauth_port),
+        format!("member 0 localhost {} {}", s.sip_oauth_port, s.sip_mra_oauth_port),
         "line 1 9 1010 USECALLMANAGER".into(),
         "line 2 9 1011 USECALLMANAGER".into(),
         "user alice alice".into(),
@@ -240,7 +240,13 @@ async fn the_file_parses_with_python_and_matches_the_golden_file() {
     // The golden file pins the whole structure; only the ephemeral port and the stamp vary.
     let normalised = xml
         .replace(&stamp, "{VERSION_STAMP}")
-        .replace(&format!(">{}<", s.sip_oauth_port), ">{SIP_OAUTH_PORT}<");
+        .replace(&format!(">{}<", s.sip_oauth_port), ">{SIP_OAUTH_PORT}<")
+        .replace(
+            &format!(">{}<", s.sip_mra_oauth_port),
+            ">{SIP_MRA_OAUTH_PORT}<",
+        )
+        .replace(&format!(">{}<", s.sip_port), ">{SIP_PORT}<")
+        .replace(&format!(">{}<", s.secured_sip_port), ">{SECURED_SIP_PORT}<");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/CSFalice.cnf.xml");
     if std::env::var("UPDATE_GOLDEN").is_ok() {
         std::fs::write(&golden, &normalised).unwrap();
