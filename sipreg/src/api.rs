@@ -74,7 +74,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_users, create_user))
         .routes(routes!(get_user, delete_user))
         .routes(routes!(list_devices, create_device))
-        .routes(routes!(get_device, delete_device))
+        .routes(routes!(get_device, delete_device, patch_device))
         .merge(crate::api_nodes::router())
         .merge(crate::api_edges::router())
         .merge(crate::admin_auth::router())
@@ -333,11 +333,34 @@ async fn create_device(
 ) -> Result<(StatusCode, Json<Device>), Problem> {
     valid_id("name", &body.name, 64, &['_', '-', '.'])?;
     valid_id("owner", &body.owner, 64, &['.', '_', '-', '@'])?;
-    if body.lines.is_empty() || body.lines.len() > 64 {
+    let lines = parse_lines(body.lines)?;
+    let device = Device {
+        name: body.name,
+        owner: body.owner,
+        lines,
+        oauth: body.oauth,
+        updated_at: crate::now(),
+    };
+    s.store.create_device(&device).await?;
+    s.live.apply().await?;
+    audit(
+        &s,
+        &actor,
+        format!("POST /api/v1/devices/{}", device.name),
+        Value::Null,
+        json!(device),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(device)))
+}
+
+/// Validates a device's lines: 1–64, each a valid directory number, none twice.
+fn parse_lines(input: Vec<LineIn>) -> Result<Vec<Line>, Problem> {
+    if input.is_empty() || input.len() > 64 {
         return Err(Problem::invalid("lines", "a device needs 1–64 lines"));
     }
-    let mut lines: Vec<Line> = Vec::with_capacity(body.lines.len());
-    for l in body.lines {
+    let mut lines: Vec<Line> = Vec::with_capacity(input.len());
+    for l in input {
         let (dn, display_name) = match l {
             LineIn::Dn(dn) => (dn, None),
             LineIn::Full { dn, display_name } => (dn, display_name),
@@ -360,24 +383,57 @@ async fn create_device(
         }
         lines.push(Line { dn, display_name });
     }
-    let device = Device {
-        name: body.name,
-        owner: body.owner,
-        lines,
-        oauth: body.oauth,
-        updated_at: crate::now(),
-    };
-    s.store.create_device(&device).await?;
+    Ok(lines)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DevicePatch {
+    owner: Option<String>,
+    lines: Option<Vec<LineIn>>,
+    oauth: Option<bool>,
+}
+
+#[utoipa::path(patch, path = "/api/v1/devices/{name}", tag = "devices",
+    params(("name" = String, Path, description = "Device name"), ("If-Match" = Option<String>, Header, description = "ETag from a GET")),
+    request_body = DevicePatch,
+    responses((status = 200, description = "Changed; config files and registrations follow at once", body = Device)))]
+async fn patch_device(
+    State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<DevicePatch>,
+) -> Result<Response, Problem> {
+    let before = s
+        .store
+        .device(&name)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("device {name} not found")))?;
+    check_if_match(&headers, &before)?;
+    let mut after = before.clone();
+    if let Some(owner) = body.owner {
+        valid_id("owner", &owner, 64, &['.', '_', '-', '@'])?;
+        after.owner = owner;
+    }
+    if let Some(lines) = body.lines {
+        after.lines = parse_lines(lines)?;
+    }
+    if let Some(oauth) = body.oauth {
+        after.oauth = oauth;
+    }
+    after.updated_at = crate::now();
+    s.store.update_device(&after).await?;
     s.live.apply().await?;
     audit(
         &s,
         &actor,
-        format!("POST /api/v1/devices/{}", device.name),
-        Value::Null,
-        json!(device),
+        format!("PATCH /api/v1/devices/{}", before.name),
+        json!(before),
+        json!(after),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(device)))
+    Ok(with_etag(after))
 }
 
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(Page), responses((status = 200, description = "Devices", body = [Device])))]

@@ -98,6 +98,20 @@ pub enum DeviceAction {
         #[arg(long)]
         clear: bool,
     },
+    /// Change a device's owner, lines or OAuth profile flag.
+    Set {
+        /// Device name.
+        name: String,
+        /// New owner.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Replace the lines (repeat for more).
+        #[arg(long = "line")]
+        lines: Vec<String>,
+        /// Whether the security profile enables OAuth.
+        #[arg(long)]
+        oauth: Option<bool>,
+    },
     /// List devices.
     List,
     /// Delete a device.
@@ -339,6 +353,23 @@ pub async fn device(data_dir: &Path, a: ApiArgs, action: DeviceAction) -> ExitCo
                     let v = c.call(reqwest::Method::PUT, &format!("devices/{name}/digest"), Some(body)).await?;
                     c.print(&v, |v| println!("device {name}: Digest user {} in realm {}", v["username"].as_str().unwrap_or(""), v["realm"].as_str().unwrap_or("")));
                 }
+            }
+            DeviceAction::Set { name, owner, lines, oauth } => {
+                let mut body = serde_json::Map::new();
+                if let Some(o) = owner {
+                    body.insert("owner".into(), json!(o));
+                }
+                if !lines.is_empty() {
+                    body.insert("lines".into(), json!(lines));
+                }
+                if let Some(o) = oauth {
+                    body.insert("oauth".into(), json!(o));
+                }
+                if body.is_empty() {
+                    return Err(Failure::Setup("nothing to change: pass --owner, --line or --oauth true|false".into()));
+                }
+                let v = c.call(reqwest::Method::PATCH, &format!("devices/{name}"), Some(Value::Object(body))).await?;
+                c.print(&v, |_| println!("device {name} changed"));
             }
             DeviceAction::List => {
                     let v = c.call(reqwest::Method::GET, "devices", None).await?;

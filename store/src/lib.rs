@@ -81,6 +81,9 @@ pub trait Store: Send + Sync + 'static {
     async fn devices(&self) -> Result<Vec<Device>>;
     /// Deletes a device.
     async fn delete_device(&self, name: &str) -> Result<()>;
+    /// Replaces a device's owner, lines and profile flag (by name, case-insensitive) in one
+    /// transaction; `NotFound` if it does not exist, `Invalid` if the owner does not.
+    async fn update_device(&self, device: &Device) -> Result<()>;
 
     /// Creates or replaces a node.
     async fn upsert_node(&self, node: &Node) -> Result<()>;

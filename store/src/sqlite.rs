@@ -396,6 +396,42 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn update_device(&self, device: &Device) -> Result<()> {
+        let d = device.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let owner_exists = tx
+                .query_row("SELECT 1 FROM users WHERE id = ?1", params![d.owner], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !owner_exists {
+                return Err(StoreError::Invalid(format!("owner {} does not exist", d.owner)));
+            }
+            let stored: Option<String> = tx
+                .query_row("SELECT name FROM devices WHERE name = ?1", params![d.name], |r| r.get(0))
+                .optional()?;
+            let Some(stored) = stored else {
+                return Err(StoreError::NotFound(format!("device {}", d.name)));
+            };
+            tx.execute(
+                "UPDATE devices SET owner = ?2, oauth = ?3, updated_at = ?4 WHERE name = ?1",
+                params![stored, d.owner, d.oauth as i64, d.updated_at],
+            )?;
+            tx.execute("DELETE FROM lines WHERE device = ?1", params![stored])?;
+            for (i, line) in d.lines.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO lines (device, position, dn, display_name) VALUES (?1, ?2, ?3, ?4)",
+                    params![stored, i as i64, line.dn, line.display_name],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::Device(device.name.clone()));
+        Ok(())
+    }
+
     async fn delete_device(&self, name: &str) -> Result<()> {
         let n2 = name.to_owned();
         self.with(move |c| {

@@ -594,3 +594,101 @@ async fn regenerating_the_certificate_applies_to_new_connections_while_old_ones_
         "HTTPS itself now serves the new certificate and still answers"
     );
 }
+
+#[tokio::test]
+async fn a_device_change_applies_live_and_honours_if_match() {
+    let s = Server::start().await;
+    s.add_user_and_device("dee", "pw-dee", "CSFdee", &["1800"], true);
+    s.oauth_mode(true);
+    let token = s.password_token("dee", "pw-dee").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/api/v1/devices/CSFdee", s.base());
+    let admin = admin_token(&s);
+    let etag = s
+        .http()
+        .get(&url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let r = s
+        .http()
+        .patch(&url)
+        .bearer_auth(&admin)
+        .header("If-Match", "\"old\"")
+        .json(&json!({"lines": ["1801"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 412);
+    let (code, _, err) = s.cli(
+        &[
+            "device", "set", "CSFdee", "--line", "1801", "--line", "1802",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let r = s
+        .http()
+        .patch(&url)
+        .bearer_auth(&admin)
+        .header("If-Match", &etag)
+        .json(&json!({"oauth": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 412, "the CLI change moved the ETag on");
+
+    let (_, body) = s.config_file("CSFdee.cnf.xml").await;
+    assert!(
+        body.contains("<name>1802</name>") && !body.contains("<name>1800</name>"),
+        "{body}"
+    );
+    let mut c = s.sip_connect().await.unwrap();
+    let r = c
+        .request(
+            &sipreg_e2e::Register::new("1800", "d1", 1, c.local)
+                .bearer(&token)
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.code, 403,
+        "the removed line no longer registers: {}",
+        r.text
+    );
+    let r = c
+        .request(
+            &sipreg_e2e::Register::new("1802", "d2", 1, c.local)
+                .bearer(&token)
+                .build(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.code, 200, "the new line does: {}", r.text);
+
+    let (st, p) = s
+        .api(
+            reqwest::Method::PATCH,
+            "devices/CSFdee",
+            Some(json!({"owner": "ghost"})),
+        )
+        .await;
+    assert_eq!(st, 422, "{p}");
+    let (st, p) = s
+        .api(
+            reqwest::Method::PATCH,
+            "devices/CSFdee",
+            Some(json!({"lines": []})),
+        )
+        .await;
+    assert_eq!((st, p["field"].as_str()), (400, Some("lines")), "{p}");
+}

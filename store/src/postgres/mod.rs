@@ -521,6 +521,45 @@ impl Store for PostgresStore {
         self.read_devices(&c, None).await
     }
 
+    async fn update_device(&self, device: &Device) -> Result<()> {
+        let d = device;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let owner = tx
+            .query_opt("SELECT 1 FROM users WHERE id = $1 FOR SHARE", &[&d.owner])
+            .await?;
+        if owner.is_none() {
+            return Err(StoreError::Invalid(format!(
+                "owner {} does not exist",
+                d.owner
+            )));
+        }
+        let Some(row) = tx
+            .query_opt(
+                "UPDATE devices SET owner = $2, oauth = $3, updated_at = $4
+                 WHERE lower(name) = lower($1) RETURNING name",
+                &[&d.name, &d.owner, &d.oauth, &d.updated_at],
+            )
+            .await?
+        else {
+            return Err(StoreError::NotFound(format!("device {}", d.name)));
+        };
+        let stored: String = row.get(0);
+        tx.execute("DELETE FROM lines WHERE device = $1", &[&stored])
+            .await?;
+        for (i, line) in d.lines.iter().enumerate() {
+            let position = i32::try_from(i).map_err(|_| {
+                StoreError::Invalid(format!("device {} has too many lines", d.name))
+            })?;
+            tx.execute(
+                "INSERT INTO lines (device, position, dn, display_name) VALUES ($1, $2, $3, $4)",
+                &[&stored, &position, &line.dn, &line.display_name],
+            )
+            .await?;
+        }
+        self.commit(tx, Change::Device(stored)).await
+    }
+
     async fn delete_device(&self, name: &str) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;

@@ -75,6 +75,7 @@ suite!(
     node_bindings_leave_other_nodes_rows_alone,
     every_write_publishes_its_change,
     a_revoked_family_stays_revoked_for_racing_rotations,
+    a_device_update_replaces_owner_lines_and_profile,
 );
 
 pub(crate) fn user(id: &str) -> User {
@@ -691,4 +692,38 @@ async fn a_revoked_family_stays_revoked_for_racing_rotations(s: Arc<dyn Store>) 
         ),
         "other families are untouched"
     );
+}
+
+async fn a_device_update_replaces_owner_lines_and_profile(s: Arc<dyn Store>) {
+    s.create_user(&user("ann")).await.unwrap();
+    s.create_user(&user("bo")).await.unwrap();
+    s.create_device(&device("CSFann", "ann", &["1", "2"]))
+        .await
+        .unwrap();
+    let mut d = device("csfANN", "bo", &["3"]);
+    d.oauth = false;
+    s.update_device(&d).await.unwrap();
+    let got = s.device("CSFann").await.unwrap().unwrap();
+    assert_eq!(got.name, "CSFann", "the stored name keeps its case");
+    assert_eq!(got.owner, "bo");
+    assert!(!got.oauth);
+    assert_eq!(
+        got.lines.iter().map(|l| l.dn.as_str()).collect::<Vec<_>>(),
+        ["3"]
+    );
+    let mut ghost_owner = device("CSFann", "nobody", &["3"]);
+    ghost_owner.oauth = true;
+    assert!(matches!(
+        s.update_device(&ghost_owner).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        s.device("CSFann").await.unwrap().unwrap().owner,
+        "bo",
+        "a refused update changes nothing"
+    );
+    assert!(matches!(
+        s.update_device(&device("CSFnone", "bo", &["9"])).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
