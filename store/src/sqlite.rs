@@ -220,6 +220,32 @@ fn parse_list(s: String) -> Vec<String> {
     serde_json::from_str(&s).unwrap_or_default()
 }
 
+/// `Invalid` unless the user exists (a device's owner).
+fn require_owner(tx: &rusqlite::Transaction<'_>, owner: &str) -> Result<()> {
+    let exists = tx
+        .query_row("SELECT 1 FROM users WHERE id = ?1", params![owner], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some();
+    if exists {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("owner {owner} does not exist")))
+    }
+}
+
+/// Writes a device's lines in button order.
+fn insert_lines(tx: &rusqlite::Transaction<'_>, device: &str, lines: &[Line]) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO lines (device, position, dn, display_name) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (i, line) in lines.iter().enumerate() {
+        stmt.execute(params![device, i as i64, line.dn, line.display_name])?;
+    }
+    Ok(())
+}
+
 fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
     let row = conn
         .query_row(
@@ -348,24 +374,13 @@ impl Store for SqliteStore {
         let d = device.clone();
         self.with(move |c| {
             let tx = c.transaction()?;
-            let owner_exists: bool = tx
-                .query_row("SELECT 1 FROM users WHERE id = ?1", params![d.owner], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !owner_exists {
-                return Err(StoreError::Invalid(format!("owner {} does not exist", d.owner)));
-            }
+            require_owner(&tx, &d.owner)?;
             tx.execute(
                 "INSERT INTO devices (name, owner, oauth, updated_at) VALUES (?1, ?2, ?3, ?4)",
                 params![d.name, d.owner, d.oauth as i64, d.updated_at],
             )
             .map_err(|e| map_unique(e, format!("device {}", d.name)))?;
-            for (i, line) in d.lines.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO lines (device, position, dn, display_name) VALUES (?1, ?2, ?3, ?4)",
-                    params![d.name, i as i64, line.dn, line.display_name],
-                )?;
-            }
+            insert_lines(&tx, &d.name, &d.lines)?;
             tx.commit()?;
             Ok(())
         })
@@ -400,15 +415,13 @@ impl Store for SqliteStore {
         let d = device.clone();
         self.with(move |c| {
             let tx = c.transaction()?;
-            let owner_exists = tx
-                .query_row("SELECT 1 FROM users WHERE id = ?1", params![d.owner], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !owner_exists {
-                return Err(StoreError::Invalid(format!("owner {} does not exist", d.owner)));
-            }
+            require_owner(&tx, &d.owner)?;
             let stored: Option<String> = tx
-                .query_row("SELECT name FROM devices WHERE name = ?1", params![d.name], |r| r.get(0))
+                .query_row(
+                    "SELECT name FROM devices WHERE name = ?1",
+                    params![d.name],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let Some(stored) = stored else {
                 return Err(StoreError::NotFound(format!("device {}", d.name)));
@@ -418,12 +431,7 @@ impl Store for SqliteStore {
                 params![stored, d.owner, d.oauth as i64, d.updated_at],
             )?;
             tx.execute("DELETE FROM lines WHERE device = ?1", params![stored])?;
-            for (i, line) in d.lines.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO lines (device, position, dn, display_name) VALUES (?1, ?2, ?3, ?4)",
-                    params![stored, i as i64, line.dn, line.display_name],
-                )?;
-            }
+            insert_lines(&tx, &stored, &d.lines)?;
             tx.commit()?;
             Ok(())
         })

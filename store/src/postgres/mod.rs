@@ -483,31 +483,14 @@ impl Store for PostgresStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // FOR SHARE keeps the owner from being deleted until this device is in.
-        let owner = tx
-            .query_opt("SELECT 1 FROM users WHERE id = $1 FOR SHARE", &[&d.owner])
-            .await?;
-        if owner.is_none() {
-            return Err(StoreError::Invalid(format!(
-                "owner {} does not exist",
-                d.owner
-            )));
-        }
+        require_owner(&tx, &d.owner).await?;
         tx.execute(
             "INSERT INTO devices (name, owner, oauth, updated_at) VALUES ($1, $2, $3, $4)",
             &[&d.name, &d.owner, &d.oauth, &d.updated_at],
         )
         .await
         .map_err(|e| unique_as_conflict(e, format!("device {}", d.name)))?;
-        for (i, line) in d.lines.iter().enumerate() {
-            let position = i32::try_from(i).map_err(|_| {
-                StoreError::Invalid(format!("device {} has too many lines", d.name))
-            })?;
-            tx.execute(
-                "INSERT INTO lines (device, position, dn, display_name) VALUES ($1, $2, $3, $4)",
-                &[&d.name, &position, &line.dn, &line.display_name],
-            )
-            .await?;
-        }
+        insert_lines(&tx, &d.name, &d.lines).await?;
         self.commit(tx, Change::Device(d.name.clone())).await
     }
 
@@ -525,15 +508,7 @@ impl Store for PostgresStore {
         let d = device;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let owner = tx
-            .query_opt("SELECT 1 FROM users WHERE id = $1 FOR SHARE", &[&d.owner])
-            .await?;
-        if owner.is_none() {
-            return Err(StoreError::Invalid(format!(
-                "owner {} does not exist",
-                d.owner
-            )));
-        }
+        require_owner(&tx, &d.owner).await?;
         let Some(row) = tx
             .query_opt(
                 "UPDATE devices SET owner = $2, oauth = $3, updated_at = $4
@@ -547,16 +522,7 @@ impl Store for PostgresStore {
         let stored: String = row.get(0);
         tx.execute("DELETE FROM lines WHERE device = $1", &[&stored])
             .await?;
-        for (i, line) in d.lines.iter().enumerate() {
-            let position = i32::try_from(i).map_err(|_| {
-                StoreError::Invalid(format!("device {} has too many lines", d.name))
-            })?;
-            tx.execute(
-                "INSERT INTO lines (device, position, dn, display_name) VALUES ($1, $2, $3, $4)",
-                &[&stored, &position, &line.dn, &line.display_name],
-            )
-            .await?;
-        }
+        insert_lines(&tx, &stored, &d.lines).await?;
         self.commit(tx, Change::Device(stored)).await
     }
 
@@ -1171,4 +1137,35 @@ impl Store for PostgresStore {
     ) -> Result<()> {
         self.replace_bindings(Some(node), batch).await
     }
+}
+
+/// `Invalid` unless the user exists; FOR SHARE keeps it from being deleted until the tx ends.
+async fn require_owner(tx: &deadpool_postgres::Transaction<'_>, owner: &str) -> Result<()> {
+    if tx
+        .query_opt("SELECT 1 FROM users WHERE id = $1 FOR SHARE", &[&owner])
+        .await?
+        .is_some()
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("owner {owner} does not exist")))
+    }
+}
+
+/// Writes a device's lines in button order.
+async fn insert_lines(
+    tx: &deadpool_postgres::Transaction<'_>,
+    device: &str,
+    lines: &[Line],
+) -> Result<()> {
+    for (i, line) in lines.iter().enumerate() {
+        let position = i32::try_from(i)
+            .map_err(|_| StoreError::Invalid(format!("device {device} has too many lines")))?;
+        tx.execute(
+            "INSERT INTO lines (device, position, dn, display_name) VALUES ($1, $2, $3, $4)",
+            &[&device, &position, &line.dn, &line.display_name],
+        )
+        .await?;
+    }
+    Ok(())
 }
