@@ -81,8 +81,9 @@ async fn bindings_survive_a_restart_with_their_remaining_lifetime() {
             .await
             .unwrap();
         assert_eq!(r.code, 200, "{}", r.text);
-        // Give the write-behind a moment and let the clock move on before the restart.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // Give the write-behind a moment, and let at least three whole seconds pass so the
+        // remaining lifetime (whole seconds) must have dropped to 597 or below.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
     }
     s.restart().await;
     let mut c = s.sip_connect().await.unwrap();
