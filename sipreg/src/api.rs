@@ -72,7 +72,7 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(get_oauth_mode, put_oauth_mode))
         .routes(routes!(list_users, create_user))
-        .routes(routes!(get_user, delete_user))
+        .routes(routes!(get_user, delete_user, patch_user))
         .routes(routes!(list_devices, create_device))
         .routes(routes!(get_device, delete_device, patch_device))
         .merge(crate::api_nodes::router())
@@ -278,6 +278,54 @@ async fn get_user(State(s): State<ApiState>, Path(id): Path<String>) -> Result<R
         .await?
         .map(|u| with_etag(UserView::from(u)))
         .ok_or_else(|| Problem::not_found(format!("user {id} not found")))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    /// The new password, stored as an Argon2id hash.
+    password: String,
+}
+
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "User id"), ("If-Match" = Option<String>, Header, description = "ETag from a GET")),
+    request_body = UserPatch,
+    responses((status = 200, description = "Password changed; the old one no longer gets tokens", body = UserView)))]
+async fn patch_user(
+    State(s): State<ApiState>,
+    Extension(actor): Extension<Actor>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UserPatch>,
+) -> Result<Response, Problem> {
+    let user = s
+        .store
+        .user(&id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("user {id} not found")))?;
+    let view = UserView::from(user);
+    check_if_match(&headers, &view)?;
+    if body.password.is_empty() || body.password.len() > 1024 {
+        return Err(Problem::invalid(
+            "password",
+            "`password` must be 1–1024 bytes",
+        ));
+    }
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || sipreg_tokensvc::hash_password(&password))
+        .await
+        .map_err(|e| Problem::internal(format!("hashing task failed: {e}")))?
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    s.store.set_password_hash(&id, &hash).await?;
+    audit(
+        &s,
+        &actor,
+        format!("PATCH /api/v1/users/{id}"),
+        json!(view),
+        json!({"password": "changed"}),
+    )
+    .await;
+    Ok(with_etag(view))
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = String, Path, description = "User id"), ("If-Match" = Option<String>, Header, description = "ETag from a GET")), responses((status = 204, description = "Deleted with its devices and tokens")))]

@@ -53,6 +53,11 @@ pub enum UserAction {
     },
     /// List users.
     List,
+    /// Change a user's password; the new one is read from standard input.
+    Passwd {
+        /// User id.
+        name: String,
+    },
     /// Delete a user with its devices and tokens.
     Delete {
         /// User id.
@@ -308,6 +313,18 @@ pub async fn user(data_dir: &Path, a: ApiArgs, action: UserAction) -> ExitCode {
             }
             UserAction::RevokeTokens { name, client_id } => {
                 crate::cli_tokens::revoke_user_tokens(&c, &name, client_id.as_deref()).await?;
+            }
+            UserAction::Passwd { name } => {
+                let mut password = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut password)
+                    .map_err(|e| Failure::Setup(format!("cannot read the password from standard input: {e}")))?;
+                let password = password.trim_end_matches(['\r', '\n']).to_owned();
+                if password.is_empty() {
+                    return Err(Failure::Setup("no password on standard input; pipe it in: `echo secret | sipreg user passwd NAME`".into()));
+                }
+                let v = c.call(reqwest::Method::PATCH, &format!("users/{name}"), Some(json!({"password": password}))).await?;
+                c.print(&v, |_| println!("user {name}: password changed"));
             }
             UserAction::Delete { name } => {
                 c.call(reqwest::Method::DELETE, &format!("users/{name}"), None).await?;

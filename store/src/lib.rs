@@ -68,6 +68,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: &User) -> Result<()>;
     /// Reads one user.
     async fn user(&self, id: &str) -> Result<Option<User>>;
+    /// Replaces a user's password hash; `NotFound` if the user does not exist.
+    async fn set_password_hash(&self, id: &str, password_hash: &str) -> Result<()>;
     /// Lists users ordered by id.
     async fn users(&self) -> Result<Vec<User>>;
     /// Deletes a user and, with it, the user's devices and refresh tokens.

@@ -356,6 +356,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_password_hash(&self, id: &str, password_hash: &str) -> Result<()> {
+        let (id2, hash) = (id.to_owned(), password_hash.to_owned());
+        self.with(move |c| {
+            if c.execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![id2, hash],
+            )? == 0
+            {
+                return Err(StoreError::NotFound(format!("user {id2}")));
+            }
+            Ok(())
+        })
+        .await?;
+        self.notify(Change::User(id.to_owned()));
+        Ok(())
+    }
+
     async fn delete_user(&self, id: &str) -> Result<()> {
         let id2 = id.to_owned();
         self.with(move |c| {

@@ -692,3 +692,40 @@ async fn a_device_change_applies_live_and_honours_if_match() {
         .await;
     assert_eq!((st, p["field"].as_str()), (400, Some("lines")), "{p}");
 }
+
+#[tokio::test]
+async fn a_password_change_takes_effect_for_the_next_login() {
+    let s = Server::start().await;
+    let (code, _, _) = s.cli(&["user", "add", "pam"], Some("old-pw\n"));
+    assert_eq!(code, 0);
+    s.password_token("pam", "old-pw").await;
+    let (code, _, err) = s.cli(&["user", "passwd", "pam"], Some("new-pw\n"));
+    assert_eq!(code, 0, "{err}");
+    let (st, e) = s
+        .token_request(&[
+            ("grant_type", "password"),
+            ("username", "pam"),
+            ("password", "old-pw"),
+            ("client_id", "softphone"),
+        ])
+        .await;
+    assert_eq!(
+        (st, e["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the old password no longer works"
+    );
+    s.password_token("pam", "new-pw").await;
+    let (st, _) = s
+        .api(
+            reqwest::Method::PATCH,
+            "users/nobody",
+            Some(json!({"password": "x"})),
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (_, log) = s.api(reqwest::Method::GET, "audit", None).await;
+    assert!(
+        !log.to_string().contains("new-pw"),
+        "passwords never reach the audit log"
+    );
+}

@@ -465,6 +465,22 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    async fn set_password_hash(&self, id: &str, password_hash: &str) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        if tx
+            .execute(
+                "UPDATE users SET password_hash = $2 WHERE id = $1",
+                &[&id, &password_hash],
+            )
+            .await?
+            == 0
+        {
+            return Err(StoreError::NotFound(format!("user {id}")));
+        }
+        self.commit(tx, Change::User(id.to_owned())).await
+    }
+
     async fn delete_user(&self, id: &str) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;

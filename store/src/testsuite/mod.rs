@@ -76,6 +76,7 @@ suite!(
     every_write_publishes_its_change,
     a_revoked_family_stays_revoked_for_racing_rotations,
     a_device_update_replaces_owner_lines_and_profile,
+    a_password_change_replaces_the_hash,
 );
 
 pub(crate) fn user(id: &str) -> User {
@@ -724,6 +725,19 @@ async fn a_device_update_replaces_owner_lines_and_profile(s: Arc<dyn Store>) {
     );
     assert!(matches!(
         s.update_device(&device("CSFnone", "bo", &["9"])).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn a_password_change_replaces_the_hash(s: Arc<dyn Store>) {
+    s.create_user(&user("pia")).await.unwrap();
+    s.set_password_hash("pia", "new-hash").await.unwrap();
+    assert_eq!(
+        s.user("pia").await.unwrap().unwrap().password_hash,
+        "new-hash"
+    );
+    assert!(matches!(
+        s.set_password_hash("ghost", "x").await,
         Err(StoreError::NotFound(_))
     ));
 }
