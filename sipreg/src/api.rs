@@ -226,17 +226,7 @@ async fn create_user(
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>), Problem> {
     valid_id("id", &body.id, 64, &['.', '_', '-', '@'])?;
-    if body.password.is_empty() || body.password.len() > 1024 {
-        return Err(Problem::invalid(
-            "password",
-            "`password` must be 1–1024 bytes",
-        ));
-    }
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || sipreg_tokensvc::hash_password(&password))
-        .await
-        .map_err(|e| Problem::internal(format!("hashing task failed: {e}")))?
-        .map_err(|e| Problem::internal(e.to_string()))?;
+    let hash = hash_new_password(body.password).await?;
     let user = User {
         id: body.id,
         password_hash: hash,
@@ -305,17 +295,7 @@ async fn patch_user(
         .ok_or_else(|| Problem::not_found(format!("user {id} not found")))?;
     let view = UserView::from(user);
     check_if_match(&headers, &view)?;
-    if body.password.is_empty() || body.password.len() > 1024 {
-        return Err(Problem::invalid(
-            "password",
-            "`password` must be 1–1024 bytes",
-        ));
-    }
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || sipreg_tokensvc::hash_password(&password))
-        .await
-        .map_err(|e| Problem::internal(format!("hashing task failed: {e}")))?
-        .map_err(|e| Problem::internal(e.to_string()))?;
+    let hash = hash_new_password(body.password).await?;
     s.store.set_password_hash(&id, &hash).await?;
     audit(
         &s,
@@ -350,6 +330,20 @@ async fn delete_user(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks a new password's length and hashes it with Argon2id off the async runtime.
+async fn hash_new_password(password: String) -> Result<String, Problem> {
+    if password.is_empty() || password.len() > 1024 {
+        return Err(Problem::invalid(
+            "password",
+            "`password` must be 1–1024 bytes",
+        ));
+    }
+    tokio::task::spawn_blocking(move || sipreg_tokensvc::hash_password(&password))
+        .await
+        .map_err(|e| Problem::internal(format!("hashing task failed: {e}")))?
+        .map_err(|e| Problem::internal(e.to_string()))
 }
 
 /// A line as the API accepts it: `"1010"` or `{"dn": "1010", "display_name": "Jo"}`.

@@ -220,6 +220,14 @@ fn parse_list(s: String) -> Vec<String> {
     serde_json::from_str(&s).unwrap_or_default()
 }
 
+fn read_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        password_hash: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
 /// `Invalid` unless the user exists (a device's owner).
 fn require_owner(tx: &rusqlite::Transaction<'_>, owner: &str) -> Result<()> {
     let exists = tx
@@ -325,13 +333,7 @@ impl Store for SqliteStore {
             Ok(c.query_row(
                 "SELECT id, password_hash, created_at FROM users WHERE id = ?1",
                 params![id],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        password_hash: r.get(1)?,
-                        created_at: r.get(2)?,
-                    })
-                },
+                read_user,
             )
             .optional()?)
         })
@@ -343,13 +345,7 @@ impl Store for SqliteStore {
             let mut stmt =
                 c.prepare("SELECT id, password_hash, created_at FROM users ORDER BY id")?;
             let rows = stmt
-                .query_map([], |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        password_hash: r.get(1)?,
-                        created_at: r.get(2)?,
-                    })
-                })?
+                .query_map([], read_user)?
                 .collect::<std::result::Result<_, _>>()?;
             Ok(rows)
         })
