@@ -139,7 +139,36 @@ impl Server {
         v
     }
 
+    /// Starts the server. `free_port()` only finds a port that was free a moment ago; when another
+    /// test grabs it first the server refuses to start with "Address already in use", so the ports
+    /// this harness chose are picked again and the start retried (a few times at most).
     async fn spawn(&mut self) {
+        for _ in 0..4 {
+            let before = self.log().len();
+            if self.spawn_once().await {
+                return;
+            }
+            let fresh = &self.log()[before..];
+            assert!(
+                fresh.contains("Address already in use"),
+                "sipreg exited early:\n{}",
+                self.log()
+            );
+            self.https_port = free_port();
+            self.config_port = free_port();
+            self.sip_oauth_port = free_port();
+            self.sip_mra_oauth_port = free_port();
+            self.sip_port = free_port();
+            self.secured_sip_port = free_port();
+        }
+        panic!(
+            "sipreg could not find free ports in four tries:\n{}",
+            self.log()
+        );
+    }
+
+    /// One start; `false` when the process exited before it was ready.
+    async fn spawn_once(&mut self) -> bool {
         // The server writes api-url once it listens; a stale one from a previous run must not count.
         let _ = std::fs::remove_file(self.data_dir.join("api-url"));
         let log = std::fs::OpenOptions::new()
@@ -173,8 +202,9 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sipreg exited early ({status}):\n{}", self.log());
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
+                self.child = None;
+                return false;
             }
             let ready = std::net::TcpStream::connect(("127.0.0.1", self.https_port)).is_ok()
                 && self.data_dir.join("api-url").exists();
@@ -197,6 +227,7 @@ impl Server {
             .use_preconfigured_tls(tls)
             .build()
             .unwrap();
+        true
     }
 
     /// The server's log so far.
