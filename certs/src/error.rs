@@ -37,6 +37,14 @@ pub enum CertError {
     /// A certificate or key could not be generated or parsed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A certificate offered for installation was refused; the text says what to fix.
+    #[error("{reason}")]
+    Rejected {
+        /// The input at fault: `certificate`, `key` or `chain`.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// rustls refused the configuration (e.g. key does not match certificate).
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),

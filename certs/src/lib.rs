@@ -11,6 +11,7 @@
 mod error;
 mod files;
 mod inspect;
+mod install;
 mod pki;
 mod reload;
 mod tls;
@@ -18,6 +19,9 @@ mod tls;
 pub use error::CertError;
 pub use files::write_secret_file;
 pub use inspect::{summarize_der, summarize_pem, CertSummary};
+pub use install::{
+    check_server_pair, install_server_cert, server_ca_file, server_cert_is_installed, CheckedPair,
+};
 pub use pki::{load_or_create, regenerate_server_cert, PkiPaths};
 pub use reload::ReloadableServerConfig;
 pub use tls::{client_config, client_config_with_cert, server_config, server_config_mtls};

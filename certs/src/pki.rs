@@ -11,9 +11,10 @@ use rcgen::{
 };
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::files::{ensure_private_dir, write_public_file, write_secret_file};
+use crate::install::{clear_installed, installed_pair_usable};
 use crate::tls::{parse_certs, parse_key, provider};
 use crate::CertError;
 
@@ -76,6 +77,22 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<PkiPaths, CertErro
 
     let (ca_der, issuer) = load_or_create_ca(&paths, first)?;
     if let Err(reason) = check_server_cert(&paths, &ca_der, &server_names, SystemTime::now()) {
+        // An operator's certificate is never replaced behind their back: it is kept (with a
+        // warning when it is unfit), and only `certs regenerate` or a new install replaces it.
+        match installed_pair_usable(&paths) {
+            Some(Ok(leaf)) => {
+                warn!(path = %paths.server_cert.display(), subject = %leaf.subject, %reason,
+                    "keeping the installed server certificate; install a new one or run `sipreg certs regenerate` to use the local CA");
+                return Ok(paths);
+            }
+            Some(Err(why)) => {
+                return Err(CertError::Inconsistent {
+                    path: paths.server_cert.clone(),
+                    reason: format!("the installed server certificate cannot be used ({why}); install a matching pair, or delete server.pem and server-key.pem to have the local CA issue one"),
+                })
+            }
+            None => {}
+        }
         info!(path = %paths.server_cert.display(), %reason, "issuing server certificate");
         issue_server_cert(&paths, &issuer, &names, SERVER_LIFETIME)?;
     }
@@ -93,6 +110,7 @@ pub fn regenerate_server_cert(dir: &Path, names: &[String]) -> Result<PkiPaths, 
     let (_, issuer) = load_or_create_ca(&paths, first)?;
     info!(path = %paths.server_cert.display(), "regenerating server certificate on request");
     issue_server_cert(&paths, &issuer, &names, SERVER_LIFETIME)?;
+    clear_installed(&paths);
     Ok(paths)
 }
 
@@ -159,7 +177,10 @@ fn create_ca(
         .take(4)
         .map(|b| format!("{b:02x}"))
         .collect();
-    dn.push(DnType::CommonName, format!("sipreg local CA {id} ({host})"));
+    dn.push(
+        DnType::CommonName,
+        format!("{} {id} ({host})", crate::install::LOCAL_CA_PREFIX),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![

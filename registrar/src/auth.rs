@@ -3,6 +3,8 @@
 //! The registrar does not know how tokens are made: it hands the token to a [`BearerValidator`]
 //! (implemented by the token service) and gets a [`TokenIdentity`] back.
 
+use sipreg_store::ChallengeDialect;
+
 use crate::message::{unquote, Request, DEVICE_NAME_PARAM};
 
 /// Validates bearer access tokens; implemented outside this crate (e.g. by the token service).
@@ -63,6 +65,18 @@ impl AuthDialect {
             AuthDialect::UnifiedCm
         } else {
             AuthDialect::Rfc8898
+        }
+    }
+}
+
+impl AuthDialect {
+    /// The dialect the cluster's `challenge_dialect` setting asks for: `auto` decides per
+    /// request ([`AuthDialect::of`]), the others always answer in their dialect.
+    pub fn choose(req: &Request, setting: ChallengeDialect) -> AuthDialect {
+        match setting {
+            ChallengeDialect::Auto => AuthDialect::of(req),
+            ChallengeDialect::Rfc8898 => AuthDialect::Rfc8898,
+            ChallengeDialect::Cucm => AuthDialect::UnifiedCm,
         }
     }
 }
@@ -236,5 +250,25 @@ mod tests {
             AuthDialect::of(&req("Authorization: Bearer t")),
             AuthDialect::Rfc8898
         );
+    }
+
+    #[test]
+    fn the_cluster_setting_overrides_the_guess() {
+        let jabber = req("User-Agent: Cisco-CSF");
+        let other = req("User-Agent: Linphone");
+        for (r, want) in [
+            (&jabber, AuthDialect::UnifiedCm),
+            (&other, AuthDialect::Rfc8898),
+        ] {
+            assert_eq!(AuthDialect::choose(r, ChallengeDialect::Auto), want);
+            assert_eq!(
+                AuthDialect::choose(r, ChallengeDialect::Rfc8898),
+                AuthDialect::Rfc8898
+            );
+            assert_eq!(
+                AuthDialect::choose(r, ChallengeDialect::Cucm),
+                AuthDialect::UnifiedCm
+            );
+        }
     }
 }

@@ -3,13 +3,16 @@
 //! answer until the peer leaves, a limit or timeout fires, or the listener is cancelled.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -19,15 +22,18 @@ use tokio_util::sync::CancellationToken;
 use crate::framer::{Frame, FrameError, StreamFramer};
 use crate::limits::ConnectionPermit;
 use crate::location::Transport;
+use crate::observe::{SipListener, TlsFailure};
 use crate::register::{ConnectionFacts, PortKind};
 use crate::registrar::{Answer, Registrar};
 
 /// How long closing connections get to finish before they are aborted.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read chunk size; the framer bounds what is kept.
-// Held for a connection's whole life: 4 KiB keeps 100k idle connections small (a 16 KiB buffer
-// was most of the per-connection memory, BENCHMARKS.md); larger messages arrive over several reads.
-const READ_CHUNK: usize = 4 * 1024;
+// On the worker's stack only during a read (see `read_into`), never held by an idle connection,
+// so it can be large enough for a burst of pipelined requests in one read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Answers batched before a write even if more pipelined requests are waiting.
+const MAX_BATCH: usize = 64 * 1024;
 
 /// Connection ids, unique for the process lifetime; 0 is never used (it means "no flow").
 pub(crate) static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
@@ -121,6 +127,10 @@ async fn serve(
             run(&mut stream, &registrar, &facts(Transport::Tcp), &cancel).await;
         }
         StreamKind::Tls(tls) => {
+            let listener = match port {
+                PortKind::SipOAuth => SipListener::OAuth,
+                PortKind::Legacy => SipListener::Tls,
+            };
             let Ok(handshake) = registrar.gate.handshake() else {
                 return;
             };
@@ -134,11 +144,15 @@ async fn serve(
             let mut stream = match accepted {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    registrar.stats.tls_failure(listener, TlsFailure::of_io(&e));
                     tracing::debug!(remote = %peer, error = %e, "tls handshake failed");
                     return;
                 }
                 Err(_) => {
                     registrar.stats.timeout();
+                    registrar
+                        .stats
+                        .tls_failure(listener, TlsFailure::HandshakeTimeout);
                     tracing::debug!(remote = %peer, "tls handshake timed out");
                     return;
                 }
@@ -154,8 +168,19 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     facts: &ConnectionFacts,
     cancel: &CancellationToken,
 ) {
+    run_on(stream, registrar, facts, SipListener::of(facts), cancel).await
+}
+
+/// [`run`] for a listener its connection facts do not tell apart (MRA), for the metrics.
+pub(crate) async fn run_on<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    registrar: &Registrar,
+    facts: &ConnectionFacts,
+    listener: SipListener,
+    cancel: &CancellationToken,
+) {
     let peer = facts.remote;
-    match read_loop(stream, registrar, facts, cancel).await {
+    match read_loop(stream, registrar, facts, listener, cancel).await {
         Ok(()) => tracing::debug!(remote = %peer, "connection closed"),
         Err(e) => {
             match &e {
@@ -177,34 +202,48 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     registrar: &Registrar,
     facts: &ConnectionFacts,
+    listener: SipListener,
     cancel: &CancellationToken,
 ) -> Result<(), ConnectionError> {
     let cfg = &registrar.config;
     let mut framer = StreamFramer::new(cfg.max_message_size);
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut partial_since: Option<Instant> = None;
     loop {
+        // Every answer to what one read brought (pipelined requests) goes out in one write and
+        // one flush: one TLS record and one syscall instead of one per message.
+        let mut out: Vec<u8> = Vec::new();
+        let mut garbage = false;
         while let Some(frame) = framer.next_frame()? {
-            let out = match frame {
+            match frame {
                 // RFC 5626 §4.4.1: answer a ping with a single CRLF at once.
-                Frame::KeepAlivePing => b"\r\n".to_vec(),
+                Frame::KeepAlivePing => out.extend_from_slice(b"\r\n"),
                 Frame::Message(m) => {
-                    match registrar.answer_at(&m, facts, crate::registrar::unix_now()) {
-                        Answer::Send(b) => b,
-                        Answer::Nothing => Vec::new(),
-                        Answer::Close => return Err(ConnectionError::Garbage),
+                    match registrar.answer_on(&m, facts, listener, crate::registrar::unix_now()) {
+                        // The usual single answer is moved, not copied.
+                        Answer::Send(b) if out.is_empty() => out = b,
+                        Answer::Send(b) => out.extend_from_slice(&b),
+                        Answer::Nothing => {}
+                        Answer::Close => {
+                            garbage = true;
+                            break;
+                        }
                     }
                 }
-            };
-            if !out.is_empty() {
-                timeout(cfg.header_timeout, async {
-                    stream.write_all(&out).await?;
-                    stream.flush().await
-                })
-                .await
-                .map_err(|_| ConnectionError::Timeout)??;
+            }
+            // Bounded: a long pipeline is flushed in pieces.
+            if out.len() >= MAX_BATCH {
+                write_out(stream, &out, cfg.header_timeout).await?;
+                out.clear();
             }
         }
+        if !out.is_empty() {
+            write_out(stream, &out, cfg.header_timeout).await?;
+        }
+        if garbage {
+            // The answers before it are out; nothing can be addressed to the garbage.
+            return Err(ConnectionError::Garbage);
+        }
+        drop(out);
         // A started message must complete within header_timeout (slow-loris); otherwise the
         // connection may idle up to idle_timeout.
         partial_since = if framer.buffered() > 0 {
@@ -216,15 +255,53 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             Some(t) => t + cfg.header_timeout,
             None => Instant::now() + cfg.idle_timeout,
         };
-        let n = tokio::select! {
+        tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            r = timeout_at(deadline, stream.read(&mut buf)) => match r {
+            r = timeout_at(deadline, read_into(stream, &mut framer)) => match r {
                 Err(_) => return Err(ConnectionError::Timeout),
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
             },
-        };
-        framer.push(&buf[..n])?;
+        }
     }
+}
+
+/// Writes one batch of answers and flushes it, within `limit`.
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &[u8],
+    limit: Duration,
+) -> Result<(), ConnectionError> {
+    timeout(limit, async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| ConnectionError::Timeout)??;
+    Ok(())
+}
+
+/// Reads once from `stream` into `framer`; `Ok(0)` at end of stream.
+///
+/// The chunk is a local of the poll, on the worker's stack only while the read runs: an idle
+/// connection's task holds no read buffer at all (a held 4 KiB buffer is 400 MiB for 100k
+/// connections). What is kept between reads is only a partial message, in the framer.
+async fn read_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    framer: &mut StreamFramer,
+) -> Result<usize, ConnectionError> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut rb = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Ready(Ok(())) => {
+                let got = rb.filled();
+                Poll::Ready(framer.push(got).map(|()| got.len()).map_err(Into::into))
+            }
+        }
+    })
+    .await
 }

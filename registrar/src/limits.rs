@@ -51,6 +51,11 @@ pub struct Stats {
     timeouts: AtomicU64,
     udp_too_large: AtomicU64,
     persist_failures: AtomicU64,
+    /// Refused REGISTERs by failed check; the keys are the registrar's fixed check names, so
+    /// the map stays small. Locked only on a refusal, never on the success path.
+    register_rejections: Mutex<HashMap<&'static str, u64>>,
+    /// Labelled counters (by listener, code, dialect, TLS failure reason), see `observe`.
+    pub(crate) observed: crate::observe::Observed,
 }
 
 /// A copy of [`Stats`] at one moment, for printing or serving.
@@ -133,6 +138,24 @@ impl Stats {
     /// Counts a successful binding change.
     pub fn registration(&self) {
         self.registrations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a REGISTER refused by `check` (metric `sipreg_register_rejections_total`).
+    pub fn register_rejected(&self, check: &'static str) {
+        if let Ok(mut m) = self.register_rejections.lock() {
+            *m.entry(check).or_insert(0) += 1;
+        }
+    }
+
+    /// Refused REGISTERs so far, by check name, ordered by name.
+    pub fn register_rejections(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<_> = self
+            .register_rejections
+            .lock()
+            .map(|m| m.iter().map(|(k, n)| (*k, *n)).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
     }
 
     /// Counts a framing error.

@@ -107,14 +107,6 @@ fn default_transport() -> Transport {
 }
 
 impl Binding {
-    /// Whether `other` is the same binding (RFC 5626 instance + reg-id, else contact URI).
-    fn same_as(&self, instance: Option<&str>, reg_id: Option<u32>, contact_key: &str) -> bool {
-        match (self.instance.as_deref(), self.reg_id, instance, reg_id) {
-            (Some(a), Some(x), Some(b), Some(y)) => a == b && x == y,
-            _ => self.contact_key == contact_key,
-        }
-    }
-
     /// The binding's key within its AOR: (instance, reg-id) when both are set (RFC 5626 §6),
     /// else the canonical contact URI.
     pub fn key(&self) -> String {
@@ -181,10 +173,330 @@ pub enum ApplyError {
 }
 
 /// The bindings of every AOR.
+///
+/// Bindings are held [`Packed`]: every string of a binding in one buffer, each stored once
+/// (1,000,000 bindings must fit in well under 1 GiB, BENCHMARKS.md); the API hands out and
+/// takes plain [`Binding`]s.
 #[derive(Debug, Default)]
 pub struct Location {
-    aors: DashMap<String, AorBindings>,
+    // A boxed slice per AOR rather than a Vec: the map has about twice as many slots as AORs,
+    // so every byte of the slot counts twice; the set is rebuilt on each change anyway.
+    aors: DashMap<Box<str>, Box<[Packed]>>,
     dirty: Mutex<HashSet<String>>,
+}
+
+/// Where one string of a [`Packed`] binding lies in its text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+// Indexes of the fixed strings of a packed binding.
+const RAW: usize = 0;
+const URI: usize = 1;
+const KEY: usize = 2;
+const CALL_ID: usize = 3;
+const Q: usize = 4;
+const INSTANCE: usize = 5;
+const DEVICE: usize = 6;
+const USER: usize = 7;
+const FIXED: usize = 8;
+
+// Presence bits of the optional strings (an empty span alone cannot tell None from "").
+const HAS_Q: u8 = 1;
+const HAS_INSTANCE: u8 = 2;
+const HAS_DEVICE: u8 = 4;
+
+/// A binding as the location service holds it. All its strings live in one buffer and each is
+/// stored once: the contact URI, its key, the instance, `q`, the device name and the contact
+/// parameters are nearly always substrings of the raw Contact value, so they cost only a span.
+#[derive(Debug, Clone)]
+struct Packed {
+    text: Box<str>,
+    spans: [Span; FIXED],
+    /// The contact parameters (the first `n_params`), then the Path vector.
+    extra: Box<[Span]>,
+    n_params: u32,
+    present: u8,
+    flow_state: FlowState,
+    transport: Transport,
+    outbound: bool,
+    cseq: u32,
+    reg_id: Option<u32>,
+    expires_at: i64,
+    flow: FlowId,
+    source: Option<SocketAddr>,
+}
+
+/// Builds a packed binding's text, reusing an equal substring already in it.
+struct Packer {
+    text: String,
+}
+
+impl Packer {
+    fn put(&mut self, s: &str) -> Span {
+        if s.is_empty() {
+            return Span::default();
+        }
+        let start = match self.text.find(s) {
+            Some(i) => i,
+            None => {
+                let i = self.text.len();
+                self.text.push_str(s);
+                i
+            }
+        };
+        Span {
+            start: to_u32(start),
+            end: to_u32(start + s.len()),
+        }
+    }
+}
+
+/// The strings come from one SIP message, bounded by the framer far below `u32::MAX`;
+/// saturating keeps this total anyway (a span past the end reads as "").
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// What decides whether two bindings are the same and whether a change is in order.
+#[derive(Clone, Copy)]
+struct Ident<'a> {
+    instance: Option<&'a str>,
+    reg_id: Option<u32>,
+    key: &'a str,
+    call_id: &'a str,
+    cseq: u32,
+}
+
+impl<'a> Ident<'a> {
+    fn of(b: &'a Binding) -> Self {
+        Ident {
+            instance: b.instance.as_deref(),
+            reg_id: b.reg_id,
+            key: &b.contact_key,
+            call_id: &b.call_id,
+            cseq: b.cseq,
+        }
+    }
+
+    /// Whether this is the binding `other` names (RFC 5626 instance + reg-id, else the
+    /// contact URI).
+    fn same_as(&self, other: &Ident<'_>) -> bool {
+        match (self.instance, self.reg_id, other.instance, other.reg_id) {
+            (Some(a), Some(x), Some(b), Some(y)) => a == b && x == y,
+            _ => self.key == other.key,
+        }
+    }
+}
+
+impl Packed {
+    fn pack(b: &Binding) -> Self {
+        let upper = b.contact_raw.len()
+            + b.contact_uri.len()
+            + b.contact_key.len()
+            + b.call_id.len()
+            + b.q.as_ref().map_or(0, String::len)
+            + b.instance.as_ref().map_or(0, String::len)
+            + b.device.as_ref().map_or(0, String::len)
+            + b.user.len()
+            + b.contact_params
+                .iter()
+                .chain(&b.path)
+                .map(String::len)
+                .sum::<usize>();
+        let mut p = Packer {
+            text: String::with_capacity(upper),
+        };
+        let mut spans = [Span::default(); FIXED];
+        // The raw value first: most of the others are found inside it.
+        spans[RAW] = p.put(&b.contact_raw);
+        spans[URI] = p.put(&b.contact_uri);
+        spans[KEY] = p.put(&b.contact_key);
+        spans[CALL_ID] = p.put(&b.call_id);
+        let mut present = 0;
+        if let Some(q) = &b.q {
+            present |= HAS_Q;
+            spans[Q] = p.put(q);
+        }
+        if let Some(i) = &b.instance {
+            present |= HAS_INSTANCE;
+            spans[INSTANCE] = p.put(i);
+        }
+        if let Some(d) = &b.device {
+            present |= HAS_DEVICE;
+            spans[DEVICE] = p.put(d);
+        }
+        spans[USER] = p.put(&b.user);
+        let extra: Box<[Span]> = b
+            .contact_params
+            .iter()
+            .chain(&b.path)
+            .map(|s| p.put(s))
+            .collect();
+        Packed {
+            // Copied into an exact-size buffer: shrinking in place would leave small free
+            // fragments behind every binding.
+            text: Box::from(p.text.as_str()),
+            spans,
+            extra,
+            n_params: to_u32(b.contact_params.len()),
+            present,
+            flow_state: b.flow_state,
+            transport: b.transport,
+            outbound: b.outbound,
+            cseq: b.cseq,
+            reg_id: b.reg_id,
+            expires_at: b.expires_at,
+            flow: b.flow,
+            source: b.source,
+        }
+    }
+
+    fn span(&self, s: Span) -> &str {
+        self.text
+            .get(s.start as usize..s.end as usize)
+            .unwrap_or("")
+    }
+
+    fn get(&self, i: usize) -> &str {
+        self.span(self.spans[i])
+    }
+
+    fn opt(&self, bit: u8, i: usize) -> Option<&str> {
+        (self.present & bit != 0).then(|| self.get(i))
+    }
+
+    fn ident(&self) -> Ident<'_> {
+        Ident {
+            instance: self.opt(HAS_INSTANCE, INSTANCE),
+            reg_id: self.reg_id,
+            key: self.get(KEY),
+            call_id: self.get(CALL_ID),
+            cseq: self.cseq,
+        }
+    }
+
+    /// Same as [`Binding::key`].
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        match (self.opt(HAS_INSTANCE, INSTANCE), self.reg_id) {
+            (Some(i), Some(r)) => format!("{i};reg-id={r}").into(),
+            _ => self.get(KEY).into(),
+        }
+    }
+
+    fn unpack(&self) -> Binding {
+        let n = (self.n_params as usize).min(self.extra.len());
+        let (params, path) = self.extra.split_at(n);
+        Binding {
+            contact_uri: self.get(URI).to_owned(),
+            contact_key: self.get(KEY).to_owned(),
+            contact_raw: self.get(RAW).to_owned(),
+            contact_params: params.iter().map(|s| self.span(*s).to_owned()).collect(),
+            expires_at: self.expires_at,
+            call_id: self.get(CALL_ID).to_owned(),
+            cseq: self.cseq,
+            q: self.opt(HAS_Q, Q).map(str::to_owned),
+            instance: self.opt(HAS_INSTANCE, INSTANCE).map(str::to_owned),
+            reg_id: self.reg_id,
+            path: path.iter().map(|s| self.span(*s).to_owned()).collect(),
+            device: self.opt(HAS_DEVICE, DEVICE).map(str::to_owned),
+            user: self.get(USER).to_owned(),
+            flow: self.flow,
+            flow_state: self.flow_state,
+            transport: self.transport,
+            source: self.source,
+            outbound: self.outbound,
+        }
+    }
+}
+
+/// One binding of the set [`apply_in`] is building: an unchanged stored one, or a new one.
+enum Slot<'a> {
+    Kept(usize),
+    New(&'a Binding),
+}
+
+fn ident<'a>(stored: &'a [Packed], s: &Slot<'a>) -> Ident<'a> {
+    match s {
+        // Kept indexes come from enumerating `stored`.
+        Slot::Kept(i) => stored[*i].ident(),
+        Slot::New(b) => Ident::of(b),
+    }
+}
+
+/// Checks `changes` against one AOR's `stored` bindings and, only when every check passes,
+/// replaces them (§10.3 step 7 "commit ... or roll back"). Unchanged bindings are moved, not
+/// copied.
+fn apply_in(
+    stored: &mut Box<[Packed]>,
+    changes: &[BindingChange],
+    max_bindings: usize,
+    now: i64,
+) -> Result<(), ApplyError> {
+    let mut next: Vec<Slot<'_>> = stored
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.expires_at > now)
+        .map(|(i, _)| Slot::Kept(i))
+        .collect();
+    for change in changes {
+        match change {
+            BindingChange::Bind(b) => {
+                let id = Ident::of(b);
+                match next.iter().position(|s| ident(stored, s).same_as(&id)) {
+                    Some(i) => {
+                        check_order(ident(stored, &next[i]), &b.call_id, b.cseq)?;
+                        next[i] = Slot::New(b);
+                    }
+                    None => next.push(Slot::New(b)),
+                }
+            }
+            BindingChange::Unbind {
+                contact_key,
+                instance,
+                reg_id,
+                call_id,
+                cseq,
+            } => {
+                let id = Ident {
+                    instance: instance.as_deref(),
+                    reg_id: *reg_id,
+                    key: contact_key,
+                    call_id,
+                    cseq: *cseq,
+                };
+                if let Some(i) = next.iter().position(|s| ident(stored, s).same_as(&id)) {
+                    check_order(ident(stored, &next[i]), call_id, *cseq)?;
+                    next.remove(i);
+                }
+            }
+            BindingChange::UnbindAll { call_id, cseq } => {
+                for s in &next {
+                    check_order(ident(stored, s), call_id, *cseq)?;
+                }
+                next.clear();
+            }
+        }
+    }
+    if next.len() > max_bindings {
+        return Err(ApplyError::TooManyBindings { max: max_bindings });
+    }
+    let mut old: Vec<Option<Packed>> = std::mem::take(stored)
+        .into_vec()
+        .into_iter()
+        .map(Some)
+        .collect();
+    *stored = next
+        .iter()
+        .filter_map(|s| match s {
+            // Each stored index appears at most once in `next`, so the take always succeeds.
+            Slot::Kept(i) => old.get_mut(*i).and_then(Option::take),
+            Slot::New(b) => Some(Packed::pack(b)),
+        })
+        .collect();
+    Ok(())
 }
 
 impl Location {
@@ -198,10 +510,9 @@ impl Location {
         self.aors
             .get(aor)
             .map(|e| {
-                e.bindings
-                    .iter()
+                e.iter()
                     .filter(|b| b.expires_at > now)
-                    .cloned()
+                    .map(Packed::unpack)
                     .collect()
             })
             .unwrap_or_default()
@@ -216,66 +527,32 @@ impl Location {
         max_bindings: usize,
         now: i64,
     ) -> Result<Vec<Binding>, ApplyError> {
-        let mut entry = self.aors.entry(aor.to_owned()).or_default();
-        // Work on a copy: all-or-nothing (§10.3 step 7 "commit ... or roll back").
-        let mut next: Vec<Binding> = entry
-            .bindings
-            .iter()
-            .filter(|b| b.expires_at > now)
-            .cloned()
-            .collect();
-        for change in changes {
-            match change {
-                BindingChange::Bind(b) => {
-                    match next
-                        .iter()
-                        .position(|e| e.same_as(b.instance.as_deref(), b.reg_id, &b.contact_key))
-                    {
-                        Some(i) => {
-                            check_order(&next[i], &b.call_id, b.cseq)?;
-                            next[i] = b.clone();
-                        }
-                        None => next.push(b.clone()),
-                    }
-                }
-                BindingChange::Unbind {
-                    contact_key,
-                    instance,
-                    reg_id,
-                    call_id,
-                    cseq,
-                } => {
-                    if let Some(i) = next
-                        .iter()
-                        .position(|e| e.same_as(instance.as_deref(), *reg_id, contact_key))
-                    {
-                        check_order(&next[i], call_id, *cseq)?;
-                        next.remove(i);
-                    }
-                }
-                BindingChange::UnbindAll { call_id, cseq } => {
-                    for e in &next {
-                        check_order(e, call_id, *cseq)?;
-                    }
-                    next.clear();
-                }
-            }
+        let run = |e: &mut Box<[Packed]>| {
+            let r = apply_in(e, changes, max_bindings, now);
+            let after: Vec<Binding> = match r {
+                Ok(()) => e.iter().map(Packed::unpack).collect(),
+                Err(_) => Vec::new(),
+            };
+            (r, e.is_empty(), after)
+        };
+        // The common case (a refresh) finds the AOR without allocating its key; the entry
+        // API, which locks the shard for the insert, settles a race between two first
+        // REGISTERs of one AOR.
+        let (result, now_empty, after) = match self.aors.get_mut(aor) {
+            Some(mut e) => run(&mut e),
+            None => run(&mut self.aors.entry(Box::from(aor)).or_default()),
+        };
+        if now_empty {
+            self.aors.remove_if(aor, |_, v| v.is_empty());
         }
-        if next.len() > max_bindings {
-            return Err(ApplyError::TooManyBindings { max: max_bindings });
-        }
-        entry.bindings = next.clone();
-        drop(entry);
-        if next.is_empty() {
-            self.aors.remove_if(aor, |_, v| v.bindings.is_empty());
-        }
+        result?;
         self.mark_dirty(aor);
-        Ok(next)
+        Ok(after)
     }
 
     /// Removes expired bindings and empty AORs; returns how many bindings were removed.
     pub fn purge_expired(&self, now: i64) -> usize {
-        self.remove_where(|b| b.expires_at <= now)
+        self.remove_packed(|b| b.expires_at <= now)
     }
 
     /// Removes every binding registered over `flow` (RFC 5626 §7: a dead flow invalidates its
@@ -284,7 +561,7 @@ impl Location {
         if flow == 0 {
             return 0;
         }
-        self.remove_where(|b| b.flow == flow)
+        self.remove_packed(|b| b.flow == flow)
     }
 
     /// Marks every binding registered over `flow` as [`FlowState::Closed`] (kept, but the
@@ -295,7 +572,7 @@ impl Location {
         }
         let mut marked = 0;
         for mut e in self.aors.iter_mut() {
-            for b in e.bindings.iter_mut().filter(|b| b.flow == flow) {
+            for b in e.iter_mut().filter(|b| b.flow == flow) {
                 b.flow_state = FlowState::Closed;
                 marked += 1;
             }
@@ -307,8 +584,8 @@ impl Location {
     pub fn all(&self, now: i64) -> Vec<(String, Binding)> {
         let mut out = Vec::new();
         for e in self.aors.iter() {
-            for b in e.bindings.iter().filter(|b| b.expires_at > now) {
-                out.push((e.key().clone(), b.clone()));
+            for b in e.iter().filter(|b| b.expires_at > now) {
+                out.push((e.key().to_string(), b.unpack()));
             }
         }
         out.sort_by(|a, b| {
@@ -323,13 +600,18 @@ impl Location {
         let mut removed = 0;
         let mut now_empty = false;
         if let Some(mut v) = self.aors.get_mut(aor) {
-            let before = v.bindings.len();
-            v.bindings.retain(|b| !pred(b));
-            removed = before - v.bindings.len();
-            now_empty = v.bindings.is_empty();
+            let before = v.len();
+            let kept: Vec<Packed> = std::mem::take(&mut *v)
+                .into_vec()
+                .into_iter()
+                .filter(|b| !pred(&b.unpack()))
+                .collect();
+            *v = kept.into_boxed_slice();
+            removed = before - v.len();
+            now_empty = v.is_empty();
         }
         if now_empty {
-            self.aors.remove_if(aor, |_, v| v.bindings.is_empty());
+            self.aors.remove_if(aor, |_, v| v.is_empty());
         }
         if removed > 0 {
             self.mark_dirty(aor);
@@ -340,16 +622,27 @@ impl Location {
     /// Force-unregisters: removes the bindings for which `pred` holds (e.g. one device's), marking
     /// their AORs for persistence; returns how many were removed.
     pub fn remove_where(&self, pred: impl Fn(&Binding) -> bool) -> usize {
+        // An administrator's rare request: unpacking each binding to test it is affordable.
+        self.remove_packed(|b| pred(&b.unpack()))
+    }
+
+    /// [`Location::remove_where`] on the packed form, for the frequent internal sweeps.
+    fn remove_packed(&self, pred: impl Fn(&Packed) -> bool) -> usize {
         let mut removed = 0;
         let mut changed = Vec::new();
         self.aors.retain(|aor, v| {
-            let before = v.bindings.len();
-            v.bindings.retain(|b| !pred(b));
-            if v.bindings.len() != before {
-                removed += before - v.bindings.len();
-                changed.push(aor.clone());
+            if v.iter().any(&pred) {
+                let before = v.len();
+                let kept: Vec<Packed> = std::mem::take(v)
+                    .into_vec()
+                    .into_iter()
+                    .filter(|b| !pred(b))
+                    .collect();
+                *v = kept.into_boxed_slice();
+                removed += before - v.len();
+                changed.push(aor.to_string());
             }
-            !v.bindings.is_empty()
+            !v.is_empty()
         });
         for aor in changed {
             self.mark_dirty(&aor);
@@ -372,10 +665,12 @@ impl Location {
             }
             b.flow = 0;
             b.flow_state = FlowState::Unknown;
-            let mut entry = self.aors.entry(aor).or_default();
+            let mut entry = self.aors.entry(aor.into_boxed_str()).or_default();
             let key = b.key();
-            entry.bindings.retain(|e| e.key() != key);
-            entry.bindings.push(b);
+            let mut v = std::mem::take(&mut *entry).into_vec();
+            v.retain(|e| e.key() != key);
+            v.push(Packed::pack(&b));
+            *entry = v.into_boxed_slice();
             n += 1;
         }
         n
@@ -383,16 +678,18 @@ impl Location {
 
     /// Every AOR that changed since the last call, with its current bindings (empty: all gone).
     pub fn take_dirty(&self) -> Vec<(String, Vec<Binding>)> {
-        let aors: Vec<String> = {
+        // Taken whole rather than drained, so the set's table (one slot per AOR after a
+        // registration storm) is freed instead of kept at its largest size.
+        let aors: HashSet<String> = {
             let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            d.drain().collect()
+            std::mem::take(&mut *d)
         };
         aors.into_iter()
             .map(|aor| {
                 let bindings = self
                     .aors
-                    .get(&aor)
-                    .map(|e| e.bindings.clone())
+                    .get(aor.as_str())
+                    .map(|e| e.iter().map(Packed::unpack).collect())
                     .unwrap_or_default();
                 (aor, bindings)
             })
@@ -401,10 +698,11 @@ impl Location {
 
     /// Marks `aor` as changed, so the persister writes it again (e.g. after a failed write).
     pub fn mark_dirty(&self, aor: &str) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(aor.to_owned());
+        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        // Most REGISTERs refresh an AOR already waiting: no key allocation then.
+        if !d.contains(aor) {
+            d.insert(aor.to_owned());
+        }
     }
 
     /// Number of AORs waiting to be persisted.
@@ -414,7 +712,7 @@ impl Location {
 
     /// Number of stored bindings (expired ones not yet purged included).
     pub fn len(&self) -> usize {
-        self.aors.iter().map(|e| e.bindings.len()).sum()
+        self.aors.iter().map(|e| e.len()).sum()
     }
 
     /// Whether no binding is stored.
@@ -429,7 +727,7 @@ impl Location {
 }
 
 /// RFC 3261 §10.3 step 6/7: with the same Call-ID the CSeq must be higher.
-fn check_order(existing: &Binding, call_id: &str, cseq: u32) -> Result<(), ApplyError> {
+fn check_order(existing: Ident<'_>, call_id: &str, cseq: u32) -> Result<(), ApplyError> {
     if existing.call_id == call_id && cseq <= existing.cseq {
         return Err(ApplyError::OutOfOrder {
             stored: existing.cseq,
@@ -591,6 +889,35 @@ mod tests {
         let now = loc.apply("a@h", &[BindingChange::Bind(b)], 10, 0).unwrap();
         assert_eq!(now.len(), 1);
         assert_eq!(now[0].contact_uri, "sip:moved");
+    }
+
+    #[test]
+    fn packing_keeps_every_field() {
+        let mut b = binding("sip:x@h;transport=tls", "c", 1, 100);
+        b.contact_raw =
+            "<sip:x@h;transport=tls>;q=0.5;+sip.instance=\"<urn:uuid:1>\";reg-id=1".into();
+        b.contact_key = "sip:x@h;transport=tls".into();
+        b.contact_params = vec![
+            "q=0.5".into(),
+            "+sip.instance=\"<urn:uuid:1>\"".into(),
+            "reg-id=1".into(),
+        ];
+        b.q = Some("0.5".into());
+        b.instance = Some("<urn:uuid:1>".into());
+        b.reg_id = Some(1);
+        b.path = vec!["<sip:edge;lr;ob>".into(), "<sip:other;lr>".into()];
+        b.device = Some("".into());
+        b.user = "alice".into();
+        b.source = Some("10.0.0.1:5061".parse().unwrap());
+        b.outbound = true;
+        let p = Packed::pack(&b);
+        assert_eq!(p.unpack(), b);
+        assert_eq!(p.key(), b.key());
+        // Contact URI, key, q, instance, parameters (and Call-ID "c") are found in the raw value.
+        assert_eq!(p.text.len(), b.contact_raw.len() + "alice".len() + 30);
+        let mut none = binding("sip:y", "d", 2, 100);
+        none.device = None;
+        assert_eq!(Packed::pack(&none).unpack(), none);
     }
 
     #[test]

@@ -38,14 +38,40 @@ pub enum MessageError {
     CSeqMethodMismatch,
 }
 
+/// Where a string lies in a [`Request`]'s header text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn of(start: usize, len: usize) -> Span {
+        // The head is bounded by the framer's message cap, far below u32::MAX; saturating keeps
+        // this total anyway (a span past the end reads as "").
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Span {
+            start: at(start),
+            end: at(start.saturating_add(len)),
+        }
+    }
+}
+
+/// A header's canonical name: a well-known one, or the name as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderName {
+    Known(&'static str),
+    Other(Span),
+}
+
 /// One header field, unfolded, with its canonical (long, conventionally capitalised) name.
-/// Comma-separated list headers are split into one `Header` per element.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Comma-separated list headers are split into one `Header` per element. Name and value are
+/// spans of the request's one header text (no allocation per header); read them through
+/// [`Request::headers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// Canonical name, e.g. `Call-ID` for `i`.
-    pub name: String,
-    /// Value with surrounding whitespace removed.
-    pub value: String,
+    name: HeaderName,
+    value: Span,
 }
 
 /// A parsed SIP request.
@@ -55,8 +81,10 @@ pub struct Request {
     pub method: String,
     /// The Request-URI as sent.
     pub request_uri: String,
-    /// Headers in order.
-    pub headers: Vec<Header>,
+    /// Headers in order, as spans of `text`.
+    headers: Vec<Header>,
+    /// The head's header lines as sent, then any unfolded or rewritten values.
+    text: String,
     /// Body bytes (everything after the blank line; the framer bounded it).
     pub body: Vec<u8>,
 }
@@ -151,12 +179,13 @@ pub struct ContactAddress {
 impl Request {
     /// Parses a framed request (head and body).
     pub fn parse(bytes: &[u8]) -> Result<Request, MessageError> {
-        let (line, headers, body) = split(bytes)?;
+        let (line, text, headers, body) = split(bytes)?;
         let (method, request_uri) = request_line(line)?;
         Ok(Request {
             method,
             request_uri,
             headers,
+            text,
             body,
         })
     }
@@ -164,7 +193,7 @@ impl Request {
     /// Parses as much as possible to answer a malformed request with a `400`: headers are kept
     /// even when the request line is bad. `None` if the message is a response or has no headers.
     pub fn parse_lenient(bytes: &[u8]) -> Option<Request> {
-        let (line, headers, body) = split(bytes).ok()?;
+        let (line, text, headers, body) = split(bytes).ok()?;
         if line.starts_with("SIP/") {
             return None;
         }
@@ -173,17 +202,37 @@ impl Request {
             method,
             request_uri,
             headers,
+            text,
             body,
         })
     }
 
-    /// Every value of header `name` (case-insensitive, long canonical name), in order.
-    pub fn all(&self, name: &str) -> impl Iterator<Item = &str> {
-        let name = name.to_owned();
+    fn span(&self, s: Span) -> &str {
+        self.text
+            .get(s.start as usize..s.end as usize)
+            .unwrap_or("")
+    }
+
+    fn name_of(&self, h: &Header) -> &str {
+        match h.name {
+            HeaderName::Known(n) => n,
+            HeaderName::Other(s) => self.span(s),
+        }
+    }
+
+    /// Every header as (canonical name, value), in order; list headers one per element.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers
             .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(&name))
-            .map(|h| h.value.as_str())
+            .map(|h| (self.name_of(h), self.span(h.value)))
+    }
+
+    /// Every value of header `name` (case-insensitive, long canonical name), in order.
+    pub fn all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.headers
+            .iter()
+            .filter(move |h| self.name_of(h).eq_ignore_ascii_case(name))
+            .map(|h| self.span(h.value))
     }
 
     /// The first value of header `name`.
@@ -327,16 +376,21 @@ impl Request {
     /// `Via` (`received` when the sent-by host differs from the source IP, or when `rport` is
     /// present; an empty `rport` is filled with the source port), so responses copy it.
     pub fn stamp_via(&mut self, remote: SocketAddr) {
-        let Some(h) = self.headers.iter_mut().find(|h| h.name == "Via") else {
+        let Some(at) = self
+            .headers
+            .iter()
+            .position(|h| h.name == HeaderName::Known("Via"))
+        else {
             return;
         };
-        let Some(via) = Via::parse(&h.value) else {
+        let value = self.span(self.headers[at].value);
+        let Some(via) = Via::parse(value) else {
             return;
         };
         let ip = remote.ip().to_string();
         let has_rport = via.params.iter().any(|(n, _)| n == "rport");
         let needs_received = has_rport || via.host.trim_matches(['[', ']']) != ip;
-        let mut out = String::with_capacity(h.value.len() + 40);
+        let mut out = String::with_capacity(value.len() + 40);
         out.push_str(via.head.trim_end());
         for raw in &via.raw_params {
             let name = raw
@@ -359,7 +413,10 @@ impl Request {
         if needs_received {
             out.push_str(&format!(";received={ip}"));
         }
-        h.value = out;
+        // The rewritten value goes after the text; the old one stays unreferenced.
+        let start = self.text.len();
+        self.text.push_str(&out);
+        self.headers[at].value = Span::of(start, out.len());
     }
 }
 
@@ -536,50 +593,82 @@ pub(crate) fn uri_key(uri: &rsip::Uri, raw: &str) -> String {
     format!("{scheme}:{user}@{host}:{port};{}", significant.join(";"))
 }
 
-fn split(bytes: &[u8]) -> Result<(&str, Vec<Header>, Vec<u8>), MessageError> {
+/// Splits a framed message into its start line, its header text and headers (spans of that
+/// text) and its body. The header text is the head as sent (one copy, no allocation per
+/// header); a folded header's unfolded value is appended after it.
+fn split(bytes: &[u8]) -> Result<(&str, String, Vec<Header>, Vec<u8>), MessageError> {
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
     let (head, body) = match head_end {
         Some(i) => (&bytes[..i], bytes[i + 4..].to_vec()),
         None => (bytes.strip_suffix(b"\r\n").unwrap_or(bytes), Vec::new()),
     };
     let head = std::str::from_utf8(head).map_err(|_| MessageError::NotUtf8)?;
-    let mut lines = head.split("\r\n");
-    let line = lines.next().unwrap_or("");
-    // Unfold (RFC 3261 §7.3.1): a line starting with SP/HT continues the previous one.
-    let mut raw: Vec<String> = Vec::new();
-    for l in lines {
+    let (line, rest) = match head.split_once("\r\n") {
+        Some((line, rest)) => (line, Some(rest)),
+        None => (head, None),
+    };
+    let mut text = String::with_capacity(rest.map_or(0, str::len) + 64);
+    text.push_str(rest.unwrap_or(""));
+    // Unfold (RFC 3261 §7.3.1): a line starting with SP/HT continues the previous one. Each
+    // logical line is a span of `text`; only a folded one is copied, joined, to the end.
+    let mut lines: Vec<Span> = Vec::with_capacity(16);
+    let mut folded_any = false;
+    let mut offset = 0;
+    for l in rest.into_iter().flat_map(|r| r.split("\r\n")) {
+        let at = offset;
+        offset += l.len() + 2;
         if l.starts_with([' ', '\t']) {
-            let prev = raw.last_mut().ok_or(MessageError::BadHeader)?;
-            prev.push(' ');
-            prev.push_str(l.trim_start());
+            let prev = lines.last_mut().ok_or(MessageError::BadHeader)?;
+            let start = text.len();
+            let joined_prev = text
+                .get(prev.start as usize..prev.end as usize)
+                .unwrap_or("")
+                .to_owned();
+            text.push_str(&joined_prev);
+            text.push(' ');
+            text.push_str(l.trim_start());
+            *prev = Span::of(start, text.len() - start);
+            folded_any = true;
         } else {
-            raw.push(l.to_owned());
+            lines.push(Span::of(at, l.len()));
         }
     }
-    let mut headers = Vec::new();
-    for l in raw {
-        let (name, value) = l.split_once(':').ok_or(MessageError::BadHeader)?;
-        let name = name.trim_end_matches([' ', '\t']);
+    if !folded_any {
+        text.shrink_to_fit();
+    }
+    let mut headers = Vec::with_capacity(lines.len() + 4);
+    for l in lines {
+        let start = l.start as usize;
+        let line = text.get(start..l.end as usize).unwrap_or("");
+        let (name, value) = line.split_once(':').ok_or(MessageError::BadHeader)?;
+        let name_len = name.trim_end_matches([' ', '\t']).len();
+        let name = &name[..name_len];
         if name.is_empty() || !name.bytes().all(is_token_char) {
             return Err(MessageError::BadHeader);
         }
-        let name = canonical_name(name);
+        let name = match canonical_name(name) {
+            Some(known) => HeaderName::Known(known),
+            None => HeaderName::Other(Span::of(start, name_len)),
+        };
+        let value_at = |v: &str| Span::of(v.as_ptr() as usize - text.as_ptr() as usize, v.len());
         let value = value.trim();
-        if is_list_header(&name) {
-            for part in split_list(value) {
-                headers.push(Header {
-                    name: name.clone(),
-                    value: part.to_owned(),
-                });
+        if let HeaderName::Known(n) = name {
+            if is_list_header(n) {
+                for part in split_list(value) {
+                    headers.push(Header {
+                        name,
+                        value: value_at(part),
+                    });
+                }
+                continue;
             }
-        } else {
-            headers.push(Header {
-                name,
-                value: value.to_owned(),
-            });
         }
+        headers.push(Header {
+            name,
+            value: value_at(value),
+        });
     }
-    Ok((line, headers, body))
+    Ok((line, text, headers, body))
 }
 
 fn request_line(line: &str) -> Result<(String, String), MessageError> {
@@ -610,8 +699,9 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
 }
 
-/// Long canonical names for compact forms (RFC 3261 §7.3.3 and later RFCs) and well-known headers.
-fn canonical_name(name: &str) -> String {
+/// Long canonical names for compact forms (RFC 3261 §7.3.3 and later RFCs) and well-known
+/// headers; `None` for any other name (kept as sent).
+fn canonical_name(name: &str) -> Option<&'static str> {
     const COMPACT: &[(&str, &str)] = &[
         ("i", "Call-ID"),
         ("f", "From"),
@@ -660,14 +750,10 @@ fn canonical_name(name: &str) -> String {
     ];
     if name.len() == 1 {
         if let Some((_, long)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
-            return (*long).to_owned();
+            return Some(long);
         }
     }
-    KNOWN
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(name))
-        .map(|k| (*k).to_owned())
-        .unwrap_or_else(|| name.to_owned())
+    KNOWN.iter().find(|k| k.eq_ignore_ascii_case(name)).copied()
 }
 
 fn is_list_header(name: &str) -> bool {
@@ -1013,6 +1099,36 @@ l: 0\r\n\r\n";
             panic!()
         };
         assert_eq!(second.uri, "sip:y@h");
+    }
+
+    #[test]
+    fn header_spans_cover_unknown_folded_and_restamped_values() {
+        let mut r = Request::parse(
+            b"REGISTER sip:a SIP/2.0\r\nv: SIP/2.0/TLS h:5061;rport\r\nX-Thing: one,\r\n two\r\n\
+k: path, outbound\r\ni: c\r\n\r\n",
+        )
+        .unwrap();
+        let all: Vec<(&str, &str)> = r.headers().collect();
+        assert_eq!(
+            all,
+            vec![
+                ("Via", "SIP/2.0/TLS h:5061;rport"),
+                ("X-Thing", "one, two"),
+                ("Supported", "path"),
+                ("Supported", "outbound"),
+                ("Call-ID", "c"),
+            ]
+        );
+        assert_eq!(r.first("x-thing"), Some("one, two"));
+        r.stamp_via("10.0.0.1:4000".parse().unwrap());
+        assert_eq!(
+            r.via(),
+            vec!["SIP/2.0/TLS h:5061;rport=4000;received=10.0.0.1"]
+        );
+        assert_eq!(r.call_id().unwrap(), "c", "other spans untouched");
+        assert!(Request::parse(b"R sip:a SIP/2.0\r\n two\r\n\r\n").is_err());
+        let bare = Request::parse(b"OPTIONS sip:a SIP/2.0\r\n\r\n").unwrap();
+        assert_eq!(bare.headers().count(), 0);
     }
 
     #[test]

@@ -30,10 +30,11 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{run, DRAIN_TIMEOUT, NEXT_FLOW};
+use crate::conn::{run_on, DRAIN_TIMEOUT, NEXT_FLOW};
 use crate::edge_trust::{EdgeTrust, EdgeTrustError, PeerNames};
 use crate::limits::{ConnectionGate, ConnectionPermit, Stats, StatsSnapshot};
 use crate::location::Transport;
+use crate::observe::{SipListener, TlsFailure};
 use crate::register::{ConnectionFacts, PortKind};
 use crate::registrar::Registrar;
 use crate::slot::ListenerSlot;
@@ -271,6 +272,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
 /// Logs a failed handshake once: certificate refusals were logged (with the presented names) by
 /// the verifier; a missing certificate is logged and counted here.
 fn handshake_failed(shared: &Shared, peer: SocketAddr, e: &io::Error) {
+    shared
+        .registrar
+        .stats
+        .tls_failure(SipListener::Mra, TlsFailure::of_io(e));
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
@@ -310,6 +315,9 @@ async fn serve(
         Ok(Err(e)) => return handshake_failed(&shared, peer, &e),
         Err(_) => {
             registrar.stats.timeout();
+            registrar
+                .stats
+                .tls_failure(SipListener::Mra, TlsFailure::HandshakeTimeout);
             tracing::debug!(remote = %peer, "mra tls handshake timed out");
             return;
         }
@@ -328,6 +336,11 @@ async fn serve(
         Ok(a) => a,
         Err(reason) => {
             // Anchors or edges changed during the handshake.
+            let why = match reason {
+                crate::edge_trust::Refusal::NotRegistered => TlsFailure::EdgeNotRegistered,
+                _ => TlsFailure::UntrustedChain,
+            };
+            registrar.stats.tls_failure(SipListener::Mra, why);
             tracing::warn!(remote = %peer, presented = %names, reason = %reason, "mra client refused after handshake");
             return;
         }
@@ -362,7 +375,14 @@ async fn serve(
         // Bearer tokens, validated exactly as on the SIP OAuth port.
         port: PortKind::SipOAuth,
     };
-    run(&mut stream, registrar, &facts, &conn_cancel).await;
+    run_on(
+        &mut stream,
+        registrar,
+        &facts,
+        SipListener::Mra,
+        &conn_cancel,
+    )
+    .await;
     shared.live.remove(&id);
     tracing::info!(remote = %peer, edge = %accepted.edge, "edge disconnected");
 }

@@ -85,6 +85,39 @@ pub struct Response {
     pub bytes: Vec<u8>,
     /// Whether the request changed bindings (a counted registration).
     pub changed: bool,
+    /// Why a REGISTER was refused (not set for the challenge that starts authentication).
+    pub rejection: Option<Rejection>,
+}
+
+/// Which check refused a REGISTER, and for whom; logged once and counted by check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The check that failed, e.g. `token_expired`, `device_not_owned`, `profile_no_oauth`.
+    pub check: &'static str,
+    /// The user, when the credentials told us.
+    pub user: Option<String>,
+    /// The device, when known (authorized, or named in the Contact).
+    pub device: Option<String>,
+}
+
+impl Response {
+    /// Marks this response as refusing the REGISTER because `check` failed.
+    fn rejected(mut self, check: &'static str) -> Response {
+        self.rejection = Some(Rejection {
+            check,
+            user: None,
+            device: None,
+        });
+        self
+    }
+
+    /// Adds who the refused request came from.
+    fn of_user(mut self, user: &str) -> Response {
+        if let Some(r) = &mut self.rejection {
+            r.user = Some(user.to_owned());
+        }
+        self
+    }
 }
 
 fn done(b: ResponseBuilder<'_>) -> Response {
@@ -93,6 +126,7 @@ fn done(b: ResponseBuilder<'_>) -> Response {
         status,
         bytes: b.build(),
         changed: false,
+        rejection: None,
     }
 }
 
@@ -144,7 +178,10 @@ pub fn process(
     }
     // §8.2.1 / §10.3: a registrar accepts only REGISTER (and answers OPTIONS).
     Some(match req.method.as_str() {
-        "REGISTER" => register(req, conn, dir, auth, location, cfg, now),
+        "REGISTER" => {
+            let r = register(req, conn, dir, auth, location, cfg, now);
+            log_rejection(req, conn, r)
+        }
         "OPTIONS" => done(
             response(req, 200, "OK")
                 .header("Allow", ALLOW)
@@ -154,10 +191,64 @@ pub fn process(
     })
 }
 
+/// Registration expiry bounds in force for one request, seconds.
+#[derive(Debug, Clone, Copy)]
+struct ExpiryBounds {
+    default: u32,
+    min: u32,
+    max: u32,
+}
+
+impl ExpiryBounds {
+    /// The cluster settings are the source of truth; the config's values only serve a snapshot
+    /// without settings (never in a running server, where the store always has the row).
+    fn of(dir: &DirectorySnapshot, cfg: &RegistrarConfig) -> ExpiryBounds {
+        match &dir.cluster {
+            Some(c) => ExpiryBounds {
+                default: c.default_expires,
+                min: c.min_expires,
+                max: c.max_expires,
+            },
+            None => ExpiryBounds {
+                default: cfg.default_expires,
+                min: cfg.min_expires,
+                max: cfg.max_expires,
+            },
+        }
+    }
+}
+
 /// Who step 3/4 found the request to come from.
 struct Authorized {
     device: Arc<Device>,
     user: String,
+}
+
+/// One log line per refused REGISTER: which check failed, for which device and user, never the
+/// credentials. Cold path: the AOR is parsed again only here.
+fn log_rejection(req: &Request, conn: &ConnectionFacts, mut r: Response) -> Response {
+    if let Some(rej) = &mut r.rejection {
+        if rej.device.is_none() {
+            rej.device = req.contacts().ok().and_then(|cs| {
+                cs.into_iter().find_map(|c| match c {
+                    Contact::Address(a) => a.device_name,
+                    Contact::Wildcard => None,
+                })
+            });
+        }
+        let aor = req.aor().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(
+            check = rej.check,
+            device = rej.device.as_deref().unwrap_or("-"),
+            user = rej.user.as_deref().unwrap_or("-"),
+            aor = %aor,
+            peer = %conn.remote,
+            port = conn.local.port(),
+            status = r.status,
+            "REGISTER rejected"
+        );
+    }
+    r
 }
 
 /// RFC 3261 §10.3 steps 1-8 for one REGISTER.
@@ -173,7 +264,7 @@ fn register(
     // §10.3 step 1: we are not a proxy, so a Request-URI domain we do not serve is not found.
     let ruri_host = crate::message::request_uri_host(&req.request_uri).unwrap_or_default();
     if !cfg.serves(&ruri_host) {
-        return done(response(req, 404, "Domain Not Served"));
+        return done(response(req, 404, "Domain Not Served")).rejected("domain_not_served");
     }
 
     // §10.3 step 2 / §8.2.2.3: unknown option tags in Require → 420 listing them.
@@ -185,7 +276,8 @@ fn register(
     if !unsupported.is_empty() {
         return done(
             response(req, 420, "Bad Extension").header("Unsupported", unsupported.join(", ")),
-        );
+        )
+        .rejected("unsupported_extension");
     }
     let path: Vec<String> = req.path().into_iter().map(str::to_owned).collect();
     let supports = |tag: &str| req.supported().iter().any(|t| t.eq_ignore_ascii_case(tag));
@@ -194,21 +286,22 @@ fn register(
         return done(
             response(req, 420, "Bad Extension")
                 .header("Warning", warning(cfg, "Path used without Supported: path")),
-        );
+        )
+        .rejected("path_without_supported");
     }
 
     // §10.3 step 5 (needed by step 4): the AOR is the To URI without parameters.
     let aor = match req.aor() {
         Ok(a) => a,
-        Err(e) => return bad_request(req, &e),
+        Err(e) => return bad_request(req, &e).rejected("malformed"),
     };
     let contacts = match req.contacts() {
         Ok(c) => c,
-        Err(e) => return bad_request(req, &e),
+        Err(e) => return bad_request(req, &e).rejected("malformed"),
     };
     let header_expires = match req.expires() {
         Ok(e) => e,
-        Err(e) => return bad_request(req, &e),
+        Err(e) => return bad_request(req, &e).rejected("malformed"),
     };
 
     // §10.3 steps 3-4: authenticate (§22) and authorize for this AOR (→ 403).
@@ -220,13 +313,23 @@ fn register(
         Ok(w) => w,
         Err(r) => return r,
     };
+    let refuse = |r: Response, check| {
+        let mut r = r.rejected(check).of_user(&who.user);
+        if let Some(rej) = &mut r.rejection {
+            rej.device = Some(who.device.name.clone());
+        }
+        r
+    };
 
     // §10.3 step 5: the AOR must be in a domain we serve.
     if !cfg.serves(&aor.host) {
-        return done(response(req, 404, "Not Found").header(
-            "Warning",
-            warning(cfg, &format!("Domain {} is not served here", aor.host)),
-        ));
+        return refuse(
+            done(response(req, 404, "Not Found").header(
+                "Warning",
+                warning(cfg, &format!("Domain {} is not served here", aor.host)),
+            )),
+            "domain_not_served",
+        );
     }
 
     // §10.3 step 6: `Contact: *` only alone and with `Expires: 0`.
@@ -243,10 +346,16 @@ fn register(
     let mut granted: Option<u32> = None;
     if contacts.contains(&Contact::Wildcard) {
         if contacts.len() != 1 {
-            return done(response(req, 400, "Wildcard Contact Not Alone"));
+            return refuse(
+                done(response(req, 400, "Wildcard Contact Not Alone")),
+                "malformed",
+            );
         }
         if header_expires != Some(0) {
-            return done(response(req, 400, "Wildcard Contact Requires Expires 0"));
+            return refuse(
+                done(response(req, 400, "Wildcard Contact Requires Expires 0")),
+                "malformed",
+            );
         }
         changes.push(BindingChange::UnbindAll {
             call_id: call_id.clone(),
@@ -263,15 +372,22 @@ fn register(
         .iter()
         .any(|c| c.reg_id.is_some() && c.instance.is_some());
     if uses_reg_id && !outbound_ok && supports("outbound") {
-        return done(response(req, 439, "First Hop Lacks Outbound Support"));
+        return refuse(
+            done(response(req, 439, "First Hop Lacks Outbound Support")),
+            "outbound_first_hop",
+        );
     }
     let outbound = uses_reg_id && outbound_ok;
-    let requested =
-        |c: &ContactAddress| c.expires.or(header_expires).unwrap_or(cfg.default_expires);
+    // The cluster's expiry bounds, read once from this request's snapshot (applied live).
+    let bounds = ExpiryBounds::of(dir, cfg);
+    let requested = |c: &ContactAddress| c.expires.or(header_expires).unwrap_or(bounds.default);
     // RFC 5626 §6: several non-zero contacts where one has reg-id → 400.
     let live = addresses.iter().filter(|c| requested(c) > 0).count();
     if outbound && live > 1 {
-        return done(response(req, 400, "Multiple Contacts With reg-id"));
+        return refuse(
+            done(response(req, 400, "Multiple Contacts With reg-id")),
+            "malformed",
+        );
     }
 
     // §10.3 step 7: expiry per contact; 423 below the minimum; build the change set.
@@ -294,13 +410,16 @@ fn register(
             continue;
         }
         // §10.3 step 7: 423 only for 0 < asked < 1 hour and below our minimum.
-        if asked < cfg.min_expires && asked < 3600 {
-            return done(
-                response(req, 423, "Interval Too Brief")
-                    .header("Min-Expires", cfg.min_expires.to_string()),
+        if asked < bounds.min && asked < 3600 {
+            return refuse(
+                done(
+                    response(req, 423, "Interval Too Brief")
+                        .header("Min-Expires", bounds.min.to_string()),
+                ),
+                "interval_too_brief",
             );
         }
-        let grant = asked.min(cfg.max_expires);
+        let grant = asked.min(bounds.max);
         if granted.is_none_or(|g| g == 0) {
             granted = Some(grant);
         }
@@ -343,14 +462,20 @@ fn register(
             Ok(b) => b,
             // §10.3 step 7: "the update MUST be aborted and the request fails"; §12.2.2 uses 500.
             Err(ApplyError::OutOfOrder { .. }) => {
-                return done(response(req, 500, "CSeq Out Of Order"))
+                return refuse(
+                    done(response(req, 500, "CSeq Out Of Order")),
+                    "cseq_out_of_order",
+                )
             }
             Err(ApplyError::TooManyBindings { max }) => {
-                return forbidden(
-                    req,
-                    cfg,
-                    "Too Many Bindings",
-                    &format!("AOR {aor_key} may hold at most {max} bindings"),
+                return refuse(
+                    forbidden(
+                        req,
+                        cfg,
+                        "Too Many Bindings",
+                        &format!("AOR {aor_key} may hold at most {max} bindings"),
+                    ),
+                    "too_many_bindings",
                 )
             }
         }
@@ -393,27 +518,40 @@ fn bearer_step(
     cfg: &RegistrarConfig,
     now: i64,
 ) -> Result<Authorized, Response> {
-    let dialect = AuthDialect::of(req);
+    let setting = dir.cluster.map(|c| c.challenge_dialect).unwrap_or_default();
+    let dialect = AuthDialect::choose(req, setting);
     let token = match bearer_token(req) {
         Ok(Some(t)) => t,
         Ok(None) => return Err(challenge(req, dialect, cfg, None)),
-        Err(e) => return Err(done(response(req, 400, &capitalise(&e.to_string())))),
+        Err(e) => {
+            return Err(done(response(req, 400, &capitalise(&e.to_string())))
+                .rejected("malformed_credentials"))
+        }
     };
     let identity = match validator.validate(&token, now) {
         Ok(id) => id,
-        Err(e) => return Err(challenge(req, dialect, cfg, Some(&e.description))),
+        Err(e) => {
+            return Err(challenge(req, dialect, cfg, Some(&e.description))
+                .rejected(token_check(&e.description)))
+        }
     };
     // Spec §2.3: cluster OAuth mode may have been switched off while this connection was open.
     if !dir.oauth_mode() {
-        return Err(port_mismatch(req, cfg));
+        return Err(port_mismatch(req, cfg)
+            .rejected("oauth_mode_off")
+            .of_user(&identity.user));
     }
     match authorize(&identity, aor, contacts, dir) {
         Ok(device) => Ok(Authorized {
             device,
             user: identity.user,
         }),
-        Err(Denial::PortMismatch) => Err(port_mismatch(req, cfg)),
-        Err(Denial::Forbidden(why)) => Err(forbidden(req, cfg, "Forbidden", &why)),
+        Err(Denial::PortMismatch) => Err(port_mismatch(req, cfg)
+            .rejected("profile_no_oauth")
+            .of_user(&identity.user)),
+        Err(Denial::Forbidden(check, why)) => Err(forbidden(req, cfg, "Forbidden", &why)
+            .rejected(check)
+            .of_user(&identity.user)),
     }
 }
 
@@ -449,7 +587,10 @@ fn digest_step(
             }
             Ok(_) => {}
             Err(DigestError::Unsupported) => return Err(challenge(false)),
-            Err(e) => return Err(done(response(req, 400, &capitalise(&e.to_string())))),
+            Err(e) => {
+                return Err(done(response(req, 400, &capitalise(&e.to_string())))
+                    .rejected("malformed_credentials"))
+            }
         }
     }
     let Some(creds) = creds else {
@@ -457,7 +598,7 @@ fn digest_step(
     };
     let Some((device, stored)) = dir.digest_credential(&creds.username) else {
         tracing::debug!(username = %creds.username, "digest: unknown user name");
-        return Err(challenge(false));
+        return Err(challenge(false).rejected("digest_unknown_user"));
     };
     let ha1 = match creds.algorithm {
         Algorithm::Md5 => &stored.ha1_md5,
@@ -465,7 +606,9 @@ fn digest_step(
     };
     if ha1.is_empty() || stored.realm != cfg.digest_realm {
         tracing::warn!(username = %creds.username, realm = %stored.realm, "digest credential unusable for realm {}", cfg.digest_realm);
-        return Err(challenge(false));
+        return Err(challenge(false)
+            .rejected("digest_credential_unusable")
+            .of_user(&device.owner));
     }
     match digest.verify(
         &creds,
@@ -479,14 +622,18 @@ fn digest_step(
         Err(DigestError::Stale) => return Err(challenge(true)),
         Err(e) => {
             tracing::debug!(username = %creds.username, error = %e, "digest rejected");
-            return Err(challenge(false));
+            return Err(challenge(false)
+                .rejected("digest_failed")
+                .of_user(&device.owner));
         }
     }
     // §10.3 step 4.
     let dn = aor.user.as_deref().unwrap_or_default();
     if !device.has_line(dn) {
         let why = format!("Line {dn} is not on device {}", device.name);
-        return Err(forbidden(req, cfg, "Forbidden", &why));
+        return Err(forbidden(req, cfg, "Forbidden", &why)
+            .rejected("line_not_on_device")
+            .of_user(&device.owner));
     }
     let named = contacts.iter().find_map(|c| match c {
         Contact::Address(a) => a.device_name.as_deref(),
@@ -497,10 +644,14 @@ fn digest_step(
             "Contact names device {name}, credentials are of {}",
             device.name
         );
-        return Err(forbidden(req, cfg, "Forbidden", &why));
+        return Err(forbidden(req, cfg, "Forbidden", &why)
+            .rejected("device_mismatch")
+            .of_user(&device.owner));
     }
     if dir.oauth_mode() && device.oauth {
-        return Err(forbidden(req, cfg, "Forbidden", USE_OAUTH_PORT));
+        return Err(forbidden(req, cfg, "Forbidden", USE_OAUTH_PORT)
+            .rejected("use_oauth_port")
+            .of_user(&device.owner));
     }
     Ok(Authorized {
         device: device.clone(),
@@ -512,8 +663,8 @@ fn digest_step(
 enum Denial {
     /// The device (or cluster) has OAuth off: Unified CM's port-mismatch 403.
     PortMismatch,
-    /// Not allowed; the text goes into the Warning.
-    Forbidden(String),
+    /// Not allowed: the check that failed, and the text for the Warning.
+    Forbidden(&'static str, String),
 }
 
 /// The token's user must own the device named in the Contact (else any of their devices
@@ -525,10 +676,9 @@ fn authorize(
     contacts: &[Contact],
     dir: &DirectorySnapshot,
 ) -> Result<std::sync::Arc<Device>, Denial> {
-    let dn = aor
-        .user
-        .as_deref()
-        .ok_or_else(|| Denial::Forbidden(format!("AOR {aor} has no line number")))?;
+    let dn = aor.user.as_deref().ok_or_else(|| {
+        Denial::Forbidden("no_line_number", format!("AOR {aor} has no line number"))
+    })?;
     let mut named: Vec<&str> = contacts
         .iter()
         .filter_map(|c| match c {
@@ -546,10 +696,10 @@ fn authorize(
                 .filter(|d| d.has_line(dn))
                 .peekable();
             if candidates.peek().is_none() {
-                return Err(Denial::Forbidden(format!(
-                    "User {} has no device with line {dn}",
-                    id.user
-                )));
+                return Err(Denial::Forbidden(
+                    "line_not_on_device",
+                    format!("User {} has no device with line {dn}", id.user),
+                ));
             }
             candidates
                 .find(|d| d.oauth)
@@ -557,20 +707,20 @@ fn authorize(
                 .ok_or(Denial::PortMismatch)
         }
         [name] => {
-            let device = dir
-                .device(name)
-                .ok_or_else(|| Denial::Forbidden(format!("Unknown device {name}")))?;
+            let device = dir.device(name).ok_or_else(|| {
+                Denial::Forbidden("unknown_device", format!("Unknown device {name}"))
+            })?;
             if device.owner != id.user {
-                return Err(Denial::Forbidden(format!(
-                    "Device {} is not owned by {}",
-                    device.name, id.user
-                )));
+                return Err(Denial::Forbidden(
+                    "device_not_owned",
+                    format!("Device {} is not owned by {}", device.name, id.user),
+                ));
             }
             if !device.has_line(dn) {
-                return Err(Denial::Forbidden(format!(
-                    "Line {dn} is not on device {}",
-                    device.name
-                )));
+                return Err(Denial::Forbidden(
+                    "line_not_on_device",
+                    format!("Line {dn} is not on device {}", device.name),
+                ));
             }
             if !device.oauth {
                 return Err(Denial::PortMismatch);
@@ -578,8 +728,21 @@ fn authorize(
             Ok(device.clone())
         }
         _ => Err(Denial::Forbidden(
+            "several_devices",
             "Contacts name more than one device".into(),
         )),
+    }
+}
+
+/// The check name of a refused token, from the validator's description.
+fn token_check(description: &str) -> &'static str {
+    let d = description.to_ascii_lowercase();
+    if d.contains("expired") {
+        "token_expired"
+    } else if d.contains("revoked") {
+        "token_revoked"
+    } else {
+        "token_invalid"
     }
 }
 
@@ -681,7 +844,10 @@ mod tests {
     use super::*;
     use crate::auth::BearerError;
     use crate::digest::ha1;
-    use sipreg_store::{Device, DigestCredential, Directory, Line, SqliteStore, Store, User};
+    use sipreg_store::{
+        ChallengeDialect, ClusterSettings, Device, DigestCredential, Directory, Line, SqliteStore,
+        Store, User,
+    };
     use std::sync::Arc;
 
     const NOW: i64 = 1_700_000_000;
@@ -703,6 +869,13 @@ mod tests {
     }
 
     fn snapshot(oauth_mode: bool) -> Arc<DirectorySnapshot> {
+        snapshot_with(ClusterSettings {
+            oauth_mode,
+            ..ClusterSettings::default()
+        })
+    }
+
+    fn snapshot_with(settings: ClusterSettings) -> Arc<DirectorySnapshot> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -710,7 +883,7 @@ mod tests {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
-            store.set_oauth_mode(oauth_mode).await.unwrap();
+            store.set_cluster_settings(&settings).await.unwrap();
             for id in ["alice", "bob"] {
                 store
                     .create_user(&User {
@@ -866,6 +1039,24 @@ CSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
         );
         assert!(r.header("To").unwrap().contains(";tag="));
         assert!(h.loc.is_empty());
+    }
+
+    #[test]
+    fn the_cluster_dialect_setting_forces_one_challenge() {
+        let mut h = Harness::new();
+        for (setting, ua, status) in [
+            (ChallengeDialect::Rfc8898, "User-Agent: Cisco-CSF\r\n", 401),
+            (ChallengeDialect::Cucm, "User-Agent: Linphone\r\n", 407),
+            (ChallengeDialect::Auto, "User-Agent: Linphone\r\n", 401),
+        ] {
+            h.dir = snapshot_with(ClusterSettings {
+                oauth_mode: true,
+                challenge_dialect: setting,
+                ..ClusterSettings::default()
+            });
+            let r = h.register(1, &format!("{ua}{CONTACT}"));
+            assert_eq!(r.status, status, "{setting:?}");
+        }
     }
 
     #[test]
@@ -1075,7 +1266,14 @@ To: <tel:+1010>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-
     #[test]
     fn expiry_sources_cap_and_minimum() {
         let mut h = Harness::new();
-        h.cfg.max_expires = 1800;
+        // The cluster settings decide, not the node's config.
+        h.cfg.max_expires = 60;
+        h.dir = snapshot_with(ClusterSettings {
+            oauth_mode: true,
+            default_expires: 1800,
+            max_expires: 1800,
+            ..ClusterSettings::default()
+        });
         // Contact param beats header.
         let r = h.register(
             1,
@@ -1086,7 +1284,7 @@ To: <tel:+1010>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-
         // Header beats default.
         let r = h.register(2, &format!("{AUTH}Contact: <sip:a@h>\r\nExpires: 600\r\n"));
         assert_eq!(r.header("Contact"), Some("<sip:a@h>;expires=600"));
-        // Default (3600) is capped at max_expires.
+        // No expiry asked: the cluster's default.
         let r = h.register(3, &format!("{AUTH}Contact: <sip:a@h>\r\n"));
         assert_eq!(r.header("Expires"), Some("1800"));
         assert_eq!(
@@ -1101,6 +1299,20 @@ To: <tel:+1010>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nAuthorization: Bearer good-
         assert_eq!((r.status, r.reason.as_str()), (423, "Interval Too Brief"));
         assert_eq!(r.header("Min-Expires"), Some("60"));
         assert_eq!(h.loc.len(), 1);
+        // A new minimum applies to the next request.
+        h.dir = snapshot_with(ClusterSettings {
+            oauth_mode: true,
+            min_expires: 400,
+            ..ClusterSettings::default()
+        });
+        let r = h.register(6, &format!("{AUTH}Contact: <sip:b@h>;expires=300\r\n"));
+        assert_eq!(r.header("Min-Expires"), Some("400"));
+        h.dir = snapshot_with(ClusterSettings {
+            oauth_mode: true,
+            default_expires: 1800,
+            max_expires: 1800,
+            ..ClusterSettings::default()
+        });
         // Expires 0 removes.
         let r = h.register(5, &format!("{AUTH}Contact: <sip:a@h>;expires=0\r\n"));
         assert_eq!(r.status, 200);

@@ -13,6 +13,7 @@ use crate::digest::DigestAuth;
 use crate::limits::{ConnectionGate, Stats};
 use crate::location::Location;
 use crate::message::{MessageError, Request};
+use crate::observe::{ChallengeDialect, SipListener};
 use crate::persist::{self, PersistError};
 use crate::register::{process, Authenticators, ConnectionFacts, RegistrarConfig};
 use crate::response::response;
@@ -105,12 +106,23 @@ impl Registrar {
     /// Like [`handle_at`](Self::handle_at), but tells a stream transport to close the
     /// connection when the message is garbage no response can be addressed to.
     pub fn answer_at(&self, msg: &[u8], conn: &ConnectionFacts, now: i64) -> Answer {
+        self.answer_on(msg, conn, SipListener::of(conn), now)
+    }
+
+    /// [`answer_at`](Self::answer_at) for a message that arrived on `listener` (counted by it).
+    pub fn answer_on(
+        &self,
+        msg: &[u8],
+        conn: &ConnectionFacts,
+        listener: SipListener,
+        now: i64,
+    ) -> Answer {
         let mut req = match Request::parse(msg) {
             Ok(r) => r,
             Err(MessageError::NotARequest) => return Answer::Nothing,
             Err(e) => {
                 tracing::debug!(remote = %conn.remote, error = %e, "malformed request");
-                return match self.reject_with(msg, conn, &e) {
+                return match self.reject_with(msg, conn, listener, &e) {
                     Some(b) => Answer::Send(b),
                     None => Answer::Close,
                 };
@@ -126,9 +138,15 @@ impl Registrar {
         match process(&req, conn, &dir, auth, &self.location, &self.config, now) {
             Some(r) => {
                 tracing::debug!(remote = %conn.remote, method = %req.method, status = r.status, "answered");
-                self.stats.response(r.status);
+                self.stats.sip_response(listener, r.status);
+                if let Some(d) = ChallengeDialect::of_response(r.status, conn.port) {
+                    self.stats.challenge(d);
+                }
                 if r.changed {
                     self.stats.registration();
+                }
+                if let Some(rej) = &r.rejection {
+                    self.stats.register_rejected(rej.check);
                 }
                 Answer::Send(r.bytes)
             }
@@ -139,17 +157,23 @@ impl Registrar {
     /// A `400` with `reason` to a message that cannot be processed, if it is a request with a
     /// usable top Via to address it to; empty otherwise (responses, garbage).
     pub fn reject(&self, msg: &[u8], conn: &ConnectionFacts, reason: &str) -> Vec<u8> {
-        self.error_response(msg, conn, 400, &capitalise(reason))
+        self.error_response(msg, conn, SipListener::of(conn), 400, &capitalise(reason))
             .unwrap_or_default()
     }
 
-    fn reject_with(&self, msg: &[u8], conn: &ConnectionFacts, e: &MessageError) -> Option<Vec<u8>> {
+    fn reject_with(
+        &self,
+        msg: &[u8],
+        conn: &ConnectionFacts,
+        listener: SipListener,
+        e: &MessageError,
+    ) -> Option<Vec<u8>> {
         match e {
             // RFC 3261 §21.5.7 (RFC 4475 §3.1.2.16).
             MessageError::BadVersion => {
-                self.error_response(msg, conn, 505, "Version Not Supported")
+                self.error_response(msg, conn, listener, 505, "Version Not Supported")
             }
-            e => self.error_response(msg, conn, 400, &e.to_string()),
+            e => self.error_response(msg, conn, listener, 400, &e.to_string()),
         }
     }
 
@@ -157,13 +181,14 @@ impl Registrar {
         &self,
         msg: &[u8],
         conn: &ConnectionFacts,
+        listener: SipListener,
         status: u16,
         reason: &str,
     ) -> Option<Vec<u8>> {
         // Any Via, even a malformed one, is copied back so the client can match the answer.
         let mut r = Request::parse_lenient(msg).filter(|r| !r.via().is_empty())?;
         r.stamp_via(conn.remote);
-        self.stats.response(status);
+        self.stats.sip_response(listener, status);
         Some(response(&r, status, reason).build())
     }
 

@@ -230,6 +230,10 @@ struct TrustView {
     not_after: Option<i64>,
     /// Whether the certificate is a CA.
     is_ca: Option<bool>,
+    /// Whole days until `not_after` (negative once expired), when readable.
+    expires_in_days: Option<i64>,
+    /// True when it expires within 30 days (or has expired): replace it.
+    expiring: bool,
     /// The certificate, PEM.
     pem: String,
 }
@@ -237,11 +241,16 @@ struct TrustView {
 impl From<TrustCert> for TrustView {
     fn from(t: TrustCert) -> Self {
         let summary = sipreg_certs::summarize_pem(t.pem.as_bytes()).ok();
+        let days = summary
+            .as_ref()
+            .map(|s| crate::api_certs::days_left(s.not_after, crate::now()));
         TrustView {
             fingerprint: t.fingerprint,
             subject: t.subject,
             added_at: t.added_at,
             not_after: summary.as_ref().map(|s| s.not_after),
+            expires_in_days: days,
+            expiring: days.is_some_and(|d| d < crate::api_certs::EXPIRY_WARNING_DAYS),
             is_ca: summary.map(|s| s.is_ca),
             pem: t.pem,
         }

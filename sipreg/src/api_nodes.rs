@@ -123,26 +123,125 @@ async fn patch_node(
             ),
         ));
     }
-    if name == s.live.node_name() {
-        for (field, port) in [
-            ("sip_oauth_port", new.sip_oauth_port),
-            ("sip_mra_oauth_port", new.sip_mra_oauth_port),
-        ] {
-            if let Some(key) = s.live.reserved_by(port) {
-                return Err(Problem::port_unavailable(
-                    field,
-                    format!("port {port} is already used by this node's `{key}` listener; choose another"),
-                ));
-            }
-        }
+    let this_node = name == s.live.node_name();
+    if this_node {
+        check_ports(&s, &old, &new)?;
     }
     s.store.upsert_node(&new).await?;
-    if let Err(problem) = s.live.apply().await {
+    let applied = match s.live.apply().await {
+        Ok(()) => mra_followed(&s, &old, &new),
+        Err(problem) => Err(problem),
+    };
+    if let Err(problem) = applied {
         // The new port could not be bound: put the old one back, so the node keeps serving there.
         s.store.upsert_node(&old).await?;
         s.live.apply().await?;
         return Err(problem);
     }
+    if this_node && (new.sip_port != old.sip_port || new.secured_sip_port != old.secured_sip_port) {
+        tracing::warn!(node = %name, sip_port = new.sip_port, secured_sip_port = new.secured_sip_port,
+            "legacy ports recorded and advertised; the legacy listeners move when `listen.sip_port`/`listen.secured_sip_port` change and the node restarts");
+    }
     tracing::info!(node = %name, sip_oauth_port = new.sip_oauth_port, "node ports changed");
     Ok(Json(new))
+}
+
+/// The config key of the listener each node port field sets (legacy ones are in `reserved`).
+fn own_key(field: &str) -> &'static str {
+    match field {
+        "sip_port" => "listen.sip_port",
+        "secured_sip_port" => "listen.secured_sip_port",
+        _ => "",
+    }
+}
+
+/// Refuses (409, naming the field and the other listener) a changed port of this node that
+/// another of its listeners holds or that another process holds. Ports are tried by binding
+/// them for a moment before anything is stored, so a refusal leaves the store and the old
+/// listener as they were.
+fn check_ports(s: &ApiState, old: &Node, new: &Node) -> Result<(), Problem> {
+    let fields = [
+        ("sip_oauth_port", old.sip_oauth_port, new.sip_oauth_port),
+        (
+            "sip_mra_oauth_port",
+            old.sip_mra_oauth_port,
+            new.sip_mra_oauth_port,
+        ),
+        ("sip_port", old.sip_port, new.sip_port),
+        (
+            "secured_sip_port",
+            old.secured_sip_port,
+            new.secured_sip_port,
+        ),
+    ];
+    for (field, before, port) in fields {
+        if port == before {
+            continue;
+        }
+        if let Some(key) = s.live.reserved_by_other(port, own_key(field)) {
+            return Err(Problem::port_unavailable(
+                field,
+                format!(
+                    "port {port} is already used by this node's `{key}` listener; choose another"
+                ),
+            ));
+        }
+        // The two OAuth ports never share a port with each other.
+        for (other, _, other_port) in fields.iter().take(2) {
+            if *other != field && *other_port == port {
+                return Err(Problem::port_unavailable(
+                    field,
+                    format!(
+                        "port {port} is this node's `{other}` too; give each listener its own port"
+                    ),
+                ));
+            }
+        }
+        // A port this node's own listener for the same field already holds needs no probe.
+        let held = match field {
+            "sip_oauth_port" => s.live.oauth_local_addr().map(|a| a.port()),
+            "sip_mra_oauth_port" => s.live.mra_local_addr().map(|a| a.port()),
+            f => s.live.reserved_port(own_key(f)),
+        };
+        if held == Some(port) {
+            continue;
+        }
+        let ip = s.live.ip();
+        let probe = std::net::TcpListener::bind((ip, port))
+            .map(drop)
+            .and_then(|()| {
+                if field == "sip_port" {
+                    std::net::UdpSocket::bind((ip, port)).map(drop)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = probe {
+            return Err(Problem::port_unavailable(
+                field,
+                format!("port {port} is in use by another process ({e}); choose a free port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// After a change of the MRA port: when OAuth mode has the MRA port open, it must be open on the
+/// new port (the MRA listener logs rather than fails, so the check is made here).
+fn mra_followed(s: &ApiState, old: &Node, new: &Node) -> Result<(), Problem> {
+    if new.sip_mra_oauth_port == old.sip_mra_oauth_port || s.live.node_name() != new.name {
+        return Ok(());
+    }
+    let open = s.live.mra().is_some() && s.live.directory().snapshot().oauth_mode();
+    let now = s.live.mra_local_addr().map(|a| a.port());
+    if open && now != Some(new.sip_mra_oauth_port) {
+        return Err(Problem::port_unavailable(
+            "sip_mra_oauth_port",
+            format!(
+                "cannot listen on the SIP MRA OAuth port {}; choose a free port",
+                new.sip_mra_oauth_port
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new().routes(routes!(status))
 }
 
-#[utoipa::path(get, path = "/api/v1/status", tag = "status", responses((status = 200, description = "Node, listeners, OAuth mode, counts, certificate expiry", body = Object)))]
+#[utoipa::path(get, path = "/api/v1/status", tag = "status", responses((status = 200, description = "Node, listeners, OAuth mode, counts, certificate expiry and expiry warnings", body = Object)))]
 async fn status(State(s): State<ApiState>) -> Result<Json<Value>, Problem> {
     let snap = s.live.directory().snapshot();
     let oauth = s.live.oauth_local_addr();
@@ -69,5 +69,6 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, Problem> {
             "edges": snap.edges.len(),
         },
         "server_certificate_expires": expires,
+        "certificate_warnings": crate::api_certs::all_warnings(&s).await?,
     })))
 }

@@ -196,7 +196,10 @@ async fn delete_client(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct RevokeQuery {
+    /// Only this client's tokens (refresh and access).
     client_id: Option<String>,
+    /// Also remove the user's live registrations on this node at once.
+    drop_registrations: Option<bool>,
 }
 
 /// Revokes the user's refresh tokens (of one client, or all) and makes every access token of the
@@ -216,18 +219,34 @@ async fn revoke_user_tokens(
         .store
         .revoke_user_refresh_tokens(&user, client.as_deref())
         .await?;
-    // Access tokens carry whole seconds: one issued within this second must die too. The
-    // not-before time is per user, so with a client id the other clients' access tokens end as
-    // well; their refresh tokens still work and get new ones silently.
+    // Access tokens carry whole seconds: one issued within this second must die too. With a
+    // client id only that client's access tokens (by their `client_id` claim) end.
     let not_before = crate::now() + 1;
-    s.store.set_tokens_not_before(&user, not_before).await?;
+    match &client {
+        Some(cl) => {
+            s.store
+                .set_client_tokens_not_before(&user, cl, not_before)
+                .await?
+        }
+        None => s.store.set_tokens_not_before(&user, not_before).await?,
+    }
     // Reload before answering, so the registrar refuses the tokens when the admin sees 200.
     s.live.apply().await?;
+    // Like `DELETE /api/v1/registrations?user=`: the bindings go now, not at their expiry.
+    let dropped = if q.drop_registrations.unwrap_or(false) {
+        s.status
+            .registrar
+            .location
+            .remove_where(|b: &sipreg_registrar::location::Binding| b.user == user)
+    } else {
+        0
+    };
     let out = json!({
         "user": user,
         "client_id": client,
         "refresh_tokens_revoked": revoked,
         "access_tokens_not_before": not_before,
+        "registrations_dropped": dropped,
     });
     tracing::warn!(%user, client_id = ?client, revoked, actor = %actor.name, "user tokens revoked");
     audit(

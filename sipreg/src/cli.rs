@@ -72,6 +72,9 @@ pub enum UserAction {
         /// Only this client's refresh tokens.
         #[arg(long = "client")]
         client_id: Option<String>,
+        /// Also remove the user's live registrations at once.
+        #[arg(long)]
+        drop_registrations: bool,
     },
 }
 
@@ -174,13 +177,23 @@ impl Client {
             None => read_trimmed(&data_dir.join("api-url"), fix)
                 .unwrap_or_else(|_| "https://localhost:8443".into()),
         };
+        let explicit_ca = a.ca.is_some();
         let ca_path = a.ca.unwrap_or_else(|| data_dir.join("tls").join("ca.pem"));
-        let ca = std::fs::read(&ca_path).map_err(|e| {
+        let mut ca = std::fs::read(&ca_path).map_err(|e| {
             Failure::Setup(format!(
                 "cannot read CA certificate {}: {e}; {fix}",
                 ca_path.display()
             ))
         })?;
+        // An installed server certificate chains to the operator's root, kept next to ca.pem.
+        if !explicit_ca {
+            let tls_dir = data_dir.join("tls");
+            let paths = sipreg_certs::PkiPaths::in_dir(&tls_dir);
+            if let Ok(root) = std::fs::read(sipreg_certs::server_ca_file(&paths)) {
+                ca.push(b'\n');
+                ca.extend_from_slice(&root);
+            }
+        }
         let tls = sipreg_certs::client_config(&ca)
             .map_err(|e| Failure::Setup(format!("CA certificate: {e}")))?;
         let http = reqwest::Client::builder()
@@ -311,8 +324,8 @@ pub async fn user(data_dir: &Path, a: ApiArgs, action: UserAction) -> ExitCode {
                     }
                 });
             }
-            UserAction::RevokeTokens { name, client_id } => {
-                crate::cli_tokens::revoke_user_tokens(&c, &name, client_id.as_deref()).await?;
+            UserAction::RevokeTokens { name, client_id, drop_registrations } => {
+                crate::cli_tokens::revoke_user_tokens(&c, &name, client_id.as_deref(), drop_registrations).await?;
             }
             UserAction::Passwd { name } => {
                 let mut password = String::new();

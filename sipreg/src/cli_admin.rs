@@ -156,6 +156,19 @@ pub enum CertsAction {
     Show,
     /// Issue a new server certificate from the local CA; every port uses it at once.
     Regenerate,
+    /// Install an operator's certificate and key; checked first (key matches, chain verifies,
+    /// not expired), then live on every port. A refused pair changes nothing.
+    Install {
+        /// The certificate, PEM (may be followed by its intermediates).
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// Its private key, PEM.
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// Intermediate (and root) CA certificates, PEM.
+        #[arg(long)]
+        chain: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs `sipreg certs ...`.
@@ -167,6 +180,19 @@ pub async fn certs(data_dir: &Path, a: ApiArgs, action: CertsAction) -> ExitCode
                 CertsAction::Show => c.call(reqwest::Method::GET, "certs/server", None).await?,
                 CertsAction::Regenerate => {
                     c.call(reqwest::Method::POST, "certs/server/regenerate", None)
+                        .await?
+                }
+                CertsAction::Install { cert, key, chain } => {
+                    let read = |p: &std::path::Path| {
+                        std::fs::read_to_string(p).map_err(|e| {
+                            Failure::Setup(format!("cannot read {}: {e}", p.display()))
+                        })
+                    };
+                    let mut body = json!({"certificate": read(&cert)?, "key": read(&key)?});
+                    if let Some(chain) = &chain {
+                        body["chain"] = json!(read(chain)?);
+                    }
+                    c.call(reqwest::Method::PUT, "certs/server", Some(body))
                         .await?
                 }
             };
@@ -185,6 +211,10 @@ pub async fn certs(data_dir: &Path, a: ApiArgs, action: CertsAction) -> ExitCode
                     v["not_before"], v["not_after"]
                 );
                 println!("SHA-256:  {}", v["sha256"].as_str().unwrap_or(""));
+                println!("source:   {}", v["source"].as_str().unwrap_or(""));
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    println!("WARNING:  {}", w.as_str().unwrap_or(""));
+                }
             });
             Ok(())
         }
@@ -231,6 +261,9 @@ pub async fn status(data_dir: &Path, a: ApiArgs) -> ExitCode {
                         .as_str()
                         .unwrap_or("unknown")
                 );
+                for w in v["certificate_warnings"].as_array().into_iter().flatten() {
+                    println!("WARNING: {}", w.as_str().unwrap_or(""));
+                }
             });
             Ok(())
         }

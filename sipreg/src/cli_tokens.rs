@@ -150,10 +150,20 @@ pub(crate) async fn revoke_user_tokens(
     c: &Client,
     user: &str,
     client_id: Option<&str>,
+    drop_registrations: bool,
 ) -> Result<(), crate::cli::Failure> {
-    let query = client_id
-        .map(|id| format!("?client_id={id}"))
-        .unwrap_or_default();
+    let mut params: Vec<String> = client_id
+        .map(|id| format!("client_id={id}"))
+        .into_iter()
+        .collect();
+    if drop_registrations {
+        params.push("drop_registrations=true".into());
+    }
+    let query = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    };
     let v = c
         .call(
             reqwest::Method::POST,

@@ -62,6 +62,8 @@ pub struct Config {
     pub legacy: LegacySection,
     /// Admission caps of the MRA port (edge proxies), apart from the other SIP ports'.
     pub mra: MraSection,
+    /// Where `/metrics` is served besides the API port.
+    pub metrics: crate::metrics::MetricsSection,
 }
 
 /// `[listen]`: where each listener binds.
@@ -121,6 +123,9 @@ pub struct TokensConfig {
     pub password_grant: bool,
     /// Unified CM's "OAuth with Refresh Login": issue refresh tokens (rotated, reuse-detected).
     pub refresh_login: bool,
+    /// A trusted external issuer's JWKS URL is fetched again (for an unknown `kid`) at most
+    /// once per this many seconds.
+    pub jwks_refetch_secs: u64,
 }
 
 impl Default for TokensConfig {
@@ -132,6 +137,7 @@ impl Default for TokensConfig {
             issuer: None,
             password_grant: true,
             refresh_login: true,
+            jwks_refetch_secs: 30,
         }
     }
 }
@@ -251,6 +257,27 @@ impl Default for LegacySection {
 }
 
 impl Config {
+    /// The cluster settings this file stands for: `[tokens]` lifetimes and switches and
+    /// `[registrar]` expiry bounds. They seed the cluster settings on the first start against a
+    /// store only; after that the cluster settings (`sipreg cluster set`) are the source of truth
+    /// and these keys are ignored. OAuth mode is not the file's to set.
+    pub fn cluster_seed(&self) -> sipreg_store::ClusterSettings {
+        let t = &self.tokens;
+        let r = &self.registrar;
+        // `validate` has kept both lifetimes within their (small, positive) ranges.
+        let fit = |v: i64, default: u32| u32::try_from(v).unwrap_or(default);
+        sipreg_store::ClusterSettings {
+            access_token_lifetime_minutes: fit(t.access_ttl_minutes, 60),
+            refresh_token_lifetime_days: fit(t.refresh_ttl_days, 60),
+            refresh_login: t.refresh_login,
+            password_grant: t.password_grant,
+            default_expires: r.default_expires,
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            ..sipreg_store::ClusterSettings::default()
+        }
+    }
+
     /// Reads and validates a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -278,6 +305,7 @@ impl Config {
 
     /// Checks every value against its allowed range.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics.listen_addr()?;
         let port = |key: &'static str, v: u16| {
             // 0 asks the OS for a free port (tests); otherwise Unified CM's configurable range.
             if v == 0 || (1024..=49151).contains(&v) {

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub validator: AccessTokenValidator,
     /// The server's live TLS config with HTTP ALPN.
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// Counts fetches by transport and result (for `/metrics`).
+    pub fetches: Arc<sipreg_tftp_config::FetchStats>,
     /// Shutdown.
     pub cancel: CancellationToken,
 }
@@ -50,7 +52,7 @@ impl TokenCheck for ValidatorCheck {
 /// privilege) is an add-on: if it cannot bind, the server logs one warning naming the setting and runs
 /// without it.
 pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, String> {
-    let files = Arc::new(ConfigFiles::new(ctx.directory.clone()));
+    let files = Arc::new(ConfigFiles::new(ctx.directory.clone()).with_fetch_stats(ctx.fetches));
     let mut lines = Vec::new();
 
     let addr = SocketAddr::new(ctx.ip, ctx.listen.config_http_port);

@@ -51,10 +51,14 @@ pub async fn serve(
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
+                    crate::metrics::https_tls_failure(sipreg_registrar::TlsFailure::of_io(&e));
                     tracing::debug!(%peer, error = %e, "https handshake failed");
                     return;
                 }
                 Err(_) => {
+                    crate::metrics::https_tls_failure(
+                        sipreg_registrar::TlsFailure::HandshakeTimeout,
+                    );
                     tracing::debug!(%peer, "https handshake timed out");
                     return;
                 }

@@ -108,17 +108,31 @@ impl Live {
         &self.directory
     }
 
+    /// The address this node's listeners bind to.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
     /// This node's name.
     pub fn node_name(&self) -> &str {
         &self.node_name
     }
 
-    /// The listener (other than the OAuth ports) that holds `port` on this node, if any.
-    pub fn reserved_by(&self, port: u16) -> Option<&'static str> {
+    /// The listener (other than the OAuth ports) that holds `port` on this node, if any,
+    /// ignoring the one set by config key `own` (a port may stay what it is).
+    pub fn reserved_by_other(&self, port: u16, own: &str) -> Option<&'static str> {
         self.reserved
             .iter()
-            .find(|(p, _)| *p == port)
+            .find(|(p, k)| *p == port && *k != own)
             .map(|(_, k)| *k)
+    }
+
+    /// The port this node's listener set by config key `key` holds, if it is one of them.
+    pub fn reserved_port(&self, key: &str) -> Option<u16> {
+        self.reserved
+            .iter()
+            .find(|(_, k)| *k == key)
+            .map(|(p, _)| *p)
     }
 
     /// Where the SIP OAuth listener should be, per the current snapshot (None = closed).

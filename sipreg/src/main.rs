@@ -7,8 +7,10 @@
 mod admin_auth;
 mod api;
 mod api_certs;
+mod api_cluster;
 mod api_digest;
 mod api_edges;
+mod api_issuers;
 mod api_nodes;
 mod api_registrations;
 mod api_status;
@@ -17,7 +19,9 @@ mod axl;
 mod backup;
 mod cli;
 mod cli_admin;
+mod cli_cluster;
 mod cli_edges;
+mod cli_issuers;
 mod cli_tokens;
 mod config;
 mod config_service;
@@ -89,6 +93,14 @@ enum Command {
         #[command(subcommand)]
         action: cli::OAuthModeAction,
     },
+    /// Cluster settings: token lifetimes, refresh login, password grant, challenge dialect,
+    /// registration expiry (applied live on every node).
+    Cluster {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_cluster::ClusterAction,
+    },
     /// End users.
     User {
         #[command(flatten)]
@@ -135,6 +147,13 @@ enum Command {
         api: cli::ApiArgs,
         #[command(subcommand)]
         action: cli_tokens::KeysAction,
+    },
+    /// Trusted external token issuers (an enterprise IdP).
+    Issuer {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_issuers::IssuerAction,
     },
     /// Edge proxies allowed on the SIP MRA OAuth port (mutual TLS).
     Edge {
@@ -221,6 +240,9 @@ struct ServeArgs {
     /// Store URL, `sqlite://PATH` or `postgres://USER@HOST/DB` (overrides `store`).
     #[arg(long, env = "SIPREG_STORE")]
     store: Option<String>,
+    /// Also serve `/metrics` over plain HTTP on this `IP:PORT` (overrides `metrics.listen`).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -268,6 +290,9 @@ fn main() -> ExitCode {
         Command::OAuthMode { api, action } => {
             rt.block_on(cli::oauth_mode(&cli.data_dir, api, action))
         }
+        Command::Cluster { api, action } => {
+            rt.block_on(cli_cluster::cluster(&cli.data_dir, api, action))
+        }
         Command::User { api, action } => rt.block_on(cli::user(&cli.data_dir, api, action)),
         Command::Device { api, action } => rt.block_on(cli::device(&cli.data_dir, api, action)),
         Command::Node { api, action } => rt.block_on(cli_admin::node(&cli.data_dir, api, action)),
@@ -278,6 +303,9 @@ fn main() -> ExitCode {
         }
         Command::Keys { api, action } => rt.block_on(cli_tokens::keys(&cli.data_dir, api, action)),
         Command::Edge { api, action } => rt.block_on(cli_edges::edge(&cli.data_dir, api, action)),
+        Command::Issuer { api, action } => {
+            rt.block_on(cli_issuers::issuer(&cli.data_dir, api, action))
+        }
         Command::Trust { api, action } => rt.block_on(cli_edges::trust(&cli.data_dir, api, action)),
         Command::Certs { api, action } => rt.block_on(cli_admin::certs(&cli.data_dir, api, action)),
         Command::Backup { file } => backup::backup(&cli.data_dir, &file),
@@ -336,6 +364,9 @@ fn serve_options(
     }
     if a.token_issuer.is_some() {
         cfg.tokens.issuer = a.token_issuer;
+    }
+    if a.metrics_listen.is_some() {
+        cfg.metrics.listen = a.metrics_listen;
     }
     if a.public_host.is_some() {
         cfg.public_host = a.public_host;

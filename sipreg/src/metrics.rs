@@ -1,8 +1,12 @@
-//! Prometheus `/metrics` (text exposition format 0.0.4): registrations, SIP responses, connection
-//! limits, token validations by outcome, and process figures. Counters live where the work happens
-//! (the registrar's `Stats`, [`TokenOutcomes`] here); this module only renders them.
+//! Prometheus `/metrics` (text exposition format 0.0.4): registrations, SIP responses by listener
+//! and code, challenges by dialect, TLS handshake failures by reason, connection limits, token
+//! validations by outcome, tokens issued by grant, config file fetches, and process figures.
+//! Counters live where the work happens (the registrar's `Stats`, the token service's and config
+//! service's counters, [`TokenOutcomes`] here); this module only renders them, on the API port and,
+//! with `[metrics] listen`, on a plain-HTTP port of its own.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +16,48 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use dashmap::DashMap;
-use sipreg_registrar::Registrar;
+use serde::Deserialize;
+use sipreg_registrar::{Registrar, TlsFailure};
+use sipreg_tftp_config::FetchStats;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigError;
+
+/// `[metrics]`: where `/metrics` is served besides the API port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `IP:PORT` of a plain-HTTP listener serving only `/metrics` (no token, no TLS), e.g.
+    /// `127.0.0.1:9100`; unset: `/metrics` is on the API port only.
+    pub listen: Option<String>,
+}
+
+impl MetricsSection {
+    /// The listener address, checked.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        text.trim()
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| ConfigError::Range {
+                key: "metrics.listen",
+                value: format!("{text:?}"),
+                rule: "an IP address and port, e.g. \"127.0.0.1:9100\" or \"[::1]:9100\"",
+            })
+    }
+}
+
+/// Failed HTTPS handshakes (API, token service, config HTTPS) by [`TlsFailure`] index. A process
+/// global because every HTTPS server of the process counts here and there is one process per node.
+static HTTPS_TLS_FAILURES: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+/// Counts a failed HTTPS handshake.
+pub fn https_tls_failure(reason: TlsFailure) {
+    HTTPS_TLS_FAILURES[reason as usize].fetch_add(1, Ordering::Relaxed);
+}
 
 /// Token validations at the registrar, counted by outcome (`ok`, `expired`, `bad_signature`, …).
 #[derive(Debug, Default)]
@@ -50,8 +95,22 @@ pub struct Sources {
     pub registrar: Arc<Registrar>,
     /// Token validation outcomes.
     pub tokens: Arc<TokenOutcomes>,
+    /// Tokens issued by grant and token requests refused, from the token service.
+    pub grants: Arc<sipreg_tokensvc::metrics::Metrics>,
+    /// Config file fetches by transport and result.
+    pub fetches: Arc<FetchStats>,
     /// Process start.
     pub started: Instant,
+}
+
+/// Serves only `/metrics` over plain HTTP on `listener` until `cancel` fires.
+pub async fn serve_plain(listener: TcpListener, sources: Arc<Sources>, cancel: CancellationToken) {
+    let r = axum::serve(listener, router(sources))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
 }
 
 /// The `/metrics` route (no token: scrapers are not admins).
@@ -103,6 +162,19 @@ pub fn render(s: &Sources) -> String {
         "Successful REGISTER requests that changed bindings.",
         &one(st.registrations),
     );
+    let observed = s.registrar.stats.observed();
+    let by_code: Vec<(String, u64)> = observed
+        .responses
+        .iter()
+        .map(|(l, code, v)| (format!("{{listener=\"{l}\",code=\"{code}\"}}"), *v))
+        .collect();
+    metric(
+        &mut out,
+        "sipreg_sip_responses_total",
+        "counter",
+        "SIP responses sent, by listener (oauth, mra, udp, tcp, tls) and status code (codes the registrar does not send are \"other\").",
+        &by_code,
+    );
     let classes: Vec<(String, u64)> = st
         .responses
         .iter()
@@ -111,10 +183,40 @@ pub fn render(s: &Sources) -> String {
         .collect();
     metric(
         &mut out,
-        "sipreg_sip_responses_total",
+        "sipreg_sip_responses_by_class_total",
         "counter",
-        "SIP responses sent, by class.",
+        "SIP responses sent on all listeners, by class.",
         &classes,
+    );
+    let challenges: Vec<(String, u64)> = observed
+        .challenges
+        .iter()
+        .map(|(d, v)| (format!("{{dialect=\"{d}\"}}"), *v))
+        .collect();
+    metric(
+        &mut out,
+        "sipreg_challenges_total",
+        "counter",
+        "401/407 challenges sent, by dialect (rfc8898, cucm, digest).",
+        &challenges,
+    );
+    let mut tls: Vec<(String, u64)> = observed
+        .tls_failures
+        .iter()
+        .map(|(l, r, v)| (format!("{{listener=\"{l}\",reason=\"{r}\"}}"), *v))
+        .collect();
+    for r in TlsFailure::ALL {
+        tls.push((
+            format!("{{listener=\"https\",reason=\"{}\"}}", r.label()),
+            HTTPS_TLS_FAILURES[r as usize].load(Ordering::Relaxed),
+        ));
+    }
+    metric(
+        &mut out,
+        "sipreg_tls_handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes, by listener and reason (edge_not_registered: no CN/SAN names a registered edge).",
+        &tls,
     );
     metric(
         &mut out,
@@ -193,6 +295,65 @@ pub fn render(s: &Sources) -> String {
         "Bearer token validations at the registrar, by outcome.",
         &outcomes,
     );
+    let rejections: Vec<(String, u64)> = s
+        .registrar
+        .stats
+        .register_rejections()
+        .into_iter()
+        .map(|(check, v)| (format!("{{check=\"{check}\"}}"), v))
+        .collect();
+    metric(
+        &mut out,
+        "sipreg_register_rejections_total",
+        "counter",
+        "REGISTER requests refused, by the check that failed.",
+        &rejections,
+    );
+    let grants = s.grants.snapshot();
+    let issued: Vec<(String, u64)> = grants
+        .issued
+        .iter()
+        .map(|(g, v)| (format!("{{grant=\"{g}\"}}"), *v))
+        .collect();
+    metric(
+        &mut out,
+        "sipreg_tokens_issued_total",
+        "counter",
+        "Token responses issued by the token endpoint, by grant type.",
+        &issued,
+    );
+    let refused: Vec<(String, u64)> = grants
+        .failed
+        .iter()
+        .map(|(g, e, v)| (format!("{{grant=\"{g}\",error=\"{e}\"}}"), *v))
+        .collect();
+    metric(
+        &mut out,
+        "sipreg_token_requests_failed_total",
+        "counter",
+        "Token requests refused, by grant type (other: unknown or missing) and RFC 6749 error.",
+        &refused,
+    );
+    let fetches: Vec<(String, u64)> = s
+        .fetches
+        .snapshot()
+        .into_iter()
+        .map(|(t, r, v)| (format!("{{transport=\"{t}\",result=\"{r}\"}}"), v))
+        .collect();
+    metric(
+        &mut out,
+        "sipreg_config_fetches_total",
+        "counter",
+        "Device config file fetches, by transport and result (denied: HTTPS token refused).",
+        &fetches,
+    );
+    metric(
+        &mut out,
+        "sipreg_build_info",
+        "gauge",
+        "Always 1; the labels name the running build.",
+        &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
+    );
     metric(
         &mut out,
         "process_uptime_seconds",
@@ -209,6 +370,15 @@ pub fn render(s: &Sources) -> String {
             &one(rss),
         );
     }
+    if let Some(vm) = statm_bytes(0) {
+        metric(
+            &mut out,
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size.",
+            &one(vm),
+        );
+    }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         metric(
             &mut out,
@@ -218,13 +388,97 @@ pub fn render(s: &Sources) -> String {
             &one(fds.count() as u64),
         );
     }
+    if let Some(max) = max_fds() {
+        metric(
+            &mut out,
+            "process_max_fds",
+            "gauge",
+            "The open file descriptor limit (soft).",
+            &one(max),
+        );
+    }
+    if let Some(stat) = ProcStat::read() {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time spent.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:.2}",
+            stat.cpu_ticks as f64 / CLOCK_TICKS
+        );
+        if let Some(start) = stat.start_unix() {
+            let _ = writeln!(
+                out,
+                "# HELP process_start_time_seconds Start time of the process since the unix epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start:.2}"
+            );
+        }
+    }
     out
 }
 
+/// `USER_HZ`: the unit of /proc CPU times, 100 on every Linux architecture's user ABI
+/// (reading `sysconf(_SC_CLK_TCK)` would need unsafe FFI, which this crate forbids).
+const CLOCK_TICKS: f64 = 100.0;
+/// Page size assumed for /proc/self/statm (4 KiB on x86-64 and the common aarch64 kernels).
+const PAGE_SIZE: u64 = 4096;
+
 fn resident_bytes() -> Option<u64> {
+    statm_bytes(1)
+}
+
+/// Field `field` of /proc/self/statm (0 = size, 1 = resident), in bytes.
+fn statm_bytes(field: usize) -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let pages: u64 = statm.split_whitespace().nth(field)?.parse().ok()?;
+    Some(pages * PAGE_SIZE)
+}
+
+/// The soft "Max open files" limit from /proc/self/limits.
+fn max_fds() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What /proc/self/stat tells about CPU time and start.
+struct ProcStat {
+    /// utime + stime, in clock ticks.
+    cpu_ticks: u64,
+    /// Start after boot, in clock ticks.
+    start_ticks: u64,
+}
+
+impl ProcStat {
+    fn read() -> Option<ProcStat> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        parse_stat(&stat)
+    }
+
+    /// The start as unix seconds: boot time (`btime` of /proc/stat) plus the start after boot.
+    fn start_unix(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let btime: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(btime as f64 + self.start_ticks as f64 / CLOCK_TICKS)
+    }
+}
+
+/// Parses /proc/self/stat. The command name (field 2) may hold spaces and parentheses, so fields
+/// are counted after its last `)`: utime, stime and starttime are fields 14, 15 and 22.
+fn parse_stat(stat: &str) -> Option<ProcStat> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(ProcStat {
+        cpu_ticks: field(14)? + field(15)?,
+        start_ticks: field(22)?,
+    })
 }
 
 /// The outcome label for a validation error: its variant name in snake case.
@@ -250,6 +504,47 @@ pub fn outcome_label(e: &impl std::fmt::Debug) -> &'static str {
         "WrongAudience" => "wrong_audience",
         "MissingClaim" => "missing_claim",
         "Revoked" => "revoked",
+        "IssuerUnavailable" => "issuer_unavailable",
+        "MissingUser" => "missing_user",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_fields_are_counted_after_the_command_name() {
+        let stat = "4242 (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 12345 1000 200";
+        let p = parse_stat(stat).unwrap();
+        assert_eq!(p.cpu_ticks, 300);
+        assert_eq!(p.start_ticks, 12345);
+        let own = ProcStat::read().unwrap();
+        assert!(own.start_unix().unwrap() > 1.6e9);
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address_and_port() {
+        let ok = MetricsSection {
+            listen: Some("127.0.0.1:9100".into()),
+        };
+        assert_eq!(
+            ok.listen_addr().unwrap(),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(MetricsSection::default().listen_addr().unwrap(), None);
+        for bad in ["9100", "localhost:9100", "127.0.0.1"] {
+            let e = MetricsSection {
+                listen: Some(bad.into()),
+            }
+            .listen_addr()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("metrics.listen") && e.contains("127.0.0.1:9100"),
+                "{e}"
+            );
+        }
     }
 }

@@ -186,6 +186,11 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     )
     .await?;
     let https_addr = https_listener.local_addr().map_err(|e| e.to_string())?;
+    // `[metrics] listen`: a plain-HTTP scrape port apart from the API (no TLS, no token).
+    let metrics_listener = match cfg.metrics.listen_addr().map_err(|e| e.to_string())? {
+        Some(addr) => Some(bind(addr, "metrics", "metrics.listen").await?),
+        None => None,
+    };
     let oauth_port = resolve_port(ip, cfg.listen.sip_oauth_port).map_err(|e| e.to_string())?;
 
     // Ports changed through the API live in the store and win over the config file on restart;
@@ -223,6 +228,27 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         })
         .await
         .map_err(|e| format!("registering node: {e}"))?;
+    // The config file's token and expiry values seed the cluster settings once; afterwards the
+    // cluster settings win (changed with `sipreg cluster set`, live on every node).
+    let seed = cfg.cluster_seed();
+    match store.seed_cluster_settings(&seed).await {
+        Ok(true) => tracing::info!("cluster settings seeded from the config file"),
+        Ok(false) => {
+            let current = store
+                .cluster_settings()
+                .await
+                .map_err(|e| format!("reading cluster settings: {e}"))?;
+            if (sipreg_store::ClusterSettings {
+                oauth_mode: current.oauth_mode,
+                challenge_dialect: current.challenge_dialect,
+                ..seed
+            }) != current
+            {
+                tracing::info!("[tokens]/[registrar] lifetimes and expiry in the config file differ from the cluster settings; the cluster settings apply (`sipreg cluster show`)");
+            }
+        }
+        Err(e) => return Err(format!("seeding cluster settings: {e}")),
+    }
     let directory = Directory::load(store.as_ref())
         .await
         .map_err(|e| format!("loading directory: {e}"))?;
@@ -239,6 +265,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         refresh_ttl_secs: cfg.tokens.refresh_ttl_days * 86400,
         password_grant: cfg.tokens.password_grant,
         refresh_login: cfg.tokens.refresh_login,
+        jwks_refetch_secs: cfg.tokens.jwks_refetch_secs,
         ..TokenConfig::default()
     };
     // Resource servers introspect with the admin token (RFC 7662 §2.1 allows a bearer token).
@@ -246,6 +273,8 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         TokenService::new(store.clone(), keys.clone(), token_cfg)
             .with_introspection_secret(Sha256::digest(admin.as_bytes()).into()),
     );
+    // Lifetimes and the grant switches come from the cluster settings, per request.
+    tokens.attach_directory(directory.clone());
     // One validator for registrar and config service: shared cache, revocations and directory.
     let config_validator: AccessTokenValidator = tokens.validator().clone();
     config_validator.attach_directory(directory.clone());
@@ -304,11 +333,24 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         .map_err(|e| format!("restoring bindings: {e}"))?;
     let oauth_listener = Arc::new(SipOAuthListener::new(registrar.clone(), sip_tls.shared()));
     let mut reserved = vec![(https_addr.port(), "listen.https_port")];
+    if let Some(Ok(a)) = metrics_listener.as_ref().map(|l| l.local_addr()) {
+        reserved.push((a.port(), "metrics.listen"));
+    }
     if cfg.listen.config_http_port != 0 {
         reserved.push((cfg.listen.config_http_port, "listen.config_http_port"));
     }
     if cfg.listen.config_https_port != 0 {
         reserved.push((cfg.listen.config_https_port, "listen.config_https_port"));
+    }
+    if cfg.listen.tftp_port != 0 {
+        reserved.push((cfg.listen.tftp_port, "listen.tftp_port"));
+    }
+    // The legacy ports are node fields too; a PATCH of one is checked against the others.
+    if cfg.legacy.udp || cfg.legacy.tcp {
+        reserved.push((cfg.listen.sip_port, "listen.sip_port"));
+    }
+    if cfg.legacy.tls {
+        reserved.push((cfg.listen.secured_sip_port, "listen.secured_sip_port"));
     }
     // The MRA port presents the same certificate as the SIP OAuth port, swapped live with it.
     let mra_listener = Arc::new(
@@ -377,6 +419,14 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         cancel.clone(),
     ));
 
+    // Certificate files changed on disk go live within seconds; expiry is watched the same way.
+    let certs = Arc::new(crate::api_certs::CertControl::new(
+        data_dir.join("tls"),
+        names.clone(),
+        sip_tls.clone(),
+        https_tls.clone(),
+    ));
+    tasks.spawn(certs.clone().watch(store.clone(), cancel.clone()));
     let api_state = ApiState {
         store: store.clone(),
         live: live.clone(),
@@ -387,22 +437,31 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             server_cert: pki.server_cert.clone(),
         }),
         tokens: tokens.clone(),
-        certs: Arc::new(crate::api_certs::CertControl {
-            dir: data_dir.join("tls"),
-            names: names.clone(),
-            sip: sip_tls.clone(),
-            https: https_tls.clone(),
-        }),
+        certs: certs.clone(),
     };
+    let config_fetches = Arc::new(sipreg_tftp_config::FetchStats::default());
+    let metrics_sources = Arc::new(crate::metrics::Sources {
+        registrar: registrar.clone(),
+        tokens: token_outcomes.clone(),
+        grants: tokens.metrics().clone(),
+        fetches: config_fetches.clone(),
+        started: std::time::Instant::now(),
+    });
+    if let Some(l) = metrics_listener {
+        if let Ok(a) = l.local_addr() {
+            println!("  metrics:          http://{a}/metrics");
+        }
+        tasks.spawn(crate::metrics::serve_plain(
+            l,
+            metrics_sources.clone(),
+            cancel.clone(),
+        ));
+    }
     let app = tokens
         .clone()
         .router()
         .merge(crate::health::router(api_state.clone()))
-        .merge(crate::metrics::router(Arc::new(crate::metrics::Sources {
-            registrar: registrar.clone(),
-            tokens: token_outcomes.clone(),
-            started: std::time::Instant::now(),
-        })))
+        .merge(crate::metrics::router(metrics_sources.clone()))
         .merge(crate::axl::router(api_state.clone()))
         .merge(api::router(api_state));
     tasks.spawn(crate::https::serve(
@@ -418,6 +477,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             directory: directory.clone(),
             validator: config_validator,
             tls: https_tls.shared(),
+            fetches: config_fetches,
             cancel: cancel.clone(),
         },
         &mut tasks,

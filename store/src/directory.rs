@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::{ClusterSettings, Device, DigestCredential, Edge, Node, Result, Store};
+use crate::{ClusterSettings, Device, DigestCredential, Edge, Node, Result, Store, TrustedIssuer};
 
 /// A consistent, read-only picture of the directory at one moment.
 #[derive(Debug, Default)]
@@ -20,6 +20,10 @@ pub struct DirectorySnapshot {
     users: HashMap<String, ()>,
     not_before: HashMap<String, i64>,
     digest: HashMap<String, (String, DigestCredential)>,
+    client_not_before: HashMap<(String, String), i64>,
+    issuers: HashMap<String, Arc<TrustedIssuer>>,
+    /// Trust store certificates (PEM), the anchors for https JWKS fetches of trusted issuers.
+    pub trust_anchors: Vec<String>,
     /// Trusted edges, ordered by host.
     pub edges: Vec<Edge>,
     /// Nodes, ordered by name.
@@ -52,6 +56,28 @@ impl DirectorySnapshot {
     /// Access tokens of `user` issued before this time are revoked (0 when never revoked).
     pub fn tokens_not_before(&self, user: &str) -> i64 {
         self.not_before.get(user).copied().unwrap_or(0)
+    }
+
+    /// Access tokens of `user` obtained by `client_id` issued before this time are revoked (0 when
+    /// never revoked).
+    pub fn client_tokens_not_before(&self, user: &str, client_id: &str) -> i64 {
+        if self.client_not_before.is_empty() {
+            return 0;
+        }
+        self.client_not_before
+            .get(&(user.to_owned(), client_id.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The trusted external issuer whose URL is exactly `iss`.
+    pub fn trusted_issuer(&self, iss: &str) -> Option<&Arc<TrustedIssuer>> {
+        self.issuers.get(iss)
+    }
+
+    /// Whether any external issuer is trusted.
+    pub fn has_trusted_issuers(&self) -> bool {
+        !self.issuers.is_empty()
     }
 
     /// The device and Digest credential for a Digest user name.
@@ -119,6 +145,24 @@ async fn build(store: &dyn Store, generation: u64) -> Result<DirectorySnapshot> 
         ..Default::default()
     };
     snap.not_before = store.tokens_not_before().await?.into_iter().collect();
+    snap.client_not_before = store
+        .client_tokens_not_before()
+        .await?
+        .into_iter()
+        .map(|(user, client, t)| ((user, client), t))
+        .collect();
+    snap.issuers = store
+        .issuers()
+        .await?
+        .into_iter()
+        .map(|i| (i.issuer.clone(), Arc::new(i)))
+        .collect();
+    snap.trust_anchors = store
+        .trust_certs()
+        .await?
+        .into_iter()
+        .map(|t| t.pem)
+        .collect();
     snap.digest = store
         .digest_credentials()
         .await?

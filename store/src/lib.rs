@@ -15,14 +15,17 @@ mod model;
 mod open;
 mod postgres;
 mod sqlite;
+mod sqlite_issuers;
+mod sqlite_settings;
 #[cfg(test)]
 mod testsuite;
 
 pub use directory::{Directory, DirectorySnapshot};
 pub use heartbeat::{heartbeat_loop, HEARTBEAT_INTERVAL};
 pub use model::{
-    AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
-    NodeStatus, OAuthClient, RefreshToken, RefreshUse, SigningKey, StoredBinding, TrustCert, User,
+    AdminToken, AuditEntry, ChallengeDialect, Change, ClusterSettings, Device, DigestCredential,
+    Edge, Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, SettingError, SigningKey,
+    StoredBinding, TrustCert, TrustedIssuer, User,
 };
 pub use open::{open, redact_url};
 pub use postgres::{PostgresStore, DEFAULT_RELOAD_INTERVAL};
@@ -63,6 +66,13 @@ pub trait Store: Send + Sync + 'static {
     async fn cluster_settings(&self) -> Result<ClusterSettings>;
     /// Sets cluster OAuth mode.
     async fn set_oauth_mode(&self, on: bool) -> Result<()>;
+    /// Replaces every cluster setting (OAuth mode included) and marks them seeded; `Invalid`
+    /// when a value is out of range. Publishes [`Change::Cluster`].
+    async fn set_cluster_settings(&self, settings: &ClusterSettings) -> Result<()>;
+    /// Sets the lifetimes, switches and expiry bounds (not OAuth mode) from a node's config file,
+    /// only if the cluster settings were never seeded or set before; returns whether it did.
+    /// Exactly one of several nodes starting at once wins.
+    async fn seed_cluster_settings(&self, settings: &ClusterSettings) -> Result<bool>;
 
     /// Creates a user; `Conflict` if the id is taken.
     async fn create_user(&self, user: &User) -> Result<()>;
@@ -113,6 +123,25 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tokens_not_before(&self, user: &str, not_before: i64) -> Result<()>;
     /// Every user's tokens-not-before time.
     async fn tokens_not_before(&self) -> Result<Vec<(String, i64)>>;
+    /// Makes the user's access tokens obtained by `client_id` and issued before `not_before`
+    /// invalid; `NotFound` if the user does not exist.
+    async fn set_client_tokens_not_before(
+        &self,
+        user: &str,
+        client_id: &str,
+        not_before: i64,
+    ) -> Result<()>;
+    /// Every (user, client) tokens-not-before time.
+    async fn client_tokens_not_before(&self) -> Result<Vec<(String, String, i64)>>;
+
+    /// Creates a trusted external issuer; `Conflict` if the issuer URL is taken.
+    async fn create_issuer(&self, issuer: &TrustedIssuer) -> Result<()>;
+    /// Replaces a trusted issuer's settings; `NotFound` if it does not exist.
+    async fn update_issuer(&self, issuer: &TrustedIssuer) -> Result<()>;
+    /// Lists trusted issuers ordered by issuer URL.
+    async fn issuers(&self) -> Result<Vec<TrustedIssuer>>;
+    /// Deletes a trusted issuer; `NotFound` if it does not exist.
+    async fn delete_issuer(&self, issuer: &str) -> Result<()>;
 
     /// Makes `kid` the only active signing key.
     async fn activate_signing_key(&self, kid: &str) -> Result<()>;

@@ -47,11 +47,140 @@ impl Device {
     }
 }
 
-/// Cluster-wide settings (Unified CM's `ClusterSIPOAuthMode` and friends).
+/// Cluster-wide settings (Unified CM's `ClusterSIPOAuthMode` and friends). Every node reads them
+/// from its directory snapshot per request, so a change applies at once, cluster-wide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterSettings {
     /// Cluster SIP OAuth mode; off by default, as in Unified CM.
     pub oauth_mode: bool,
+    /// Access token lifetime in minutes, 1–1440 (Unified CM's range); default 60.
+    pub access_token_lifetime_minutes: u32,
+    /// Refresh token lifetime in days, 1–365; default 60.
+    pub refresh_token_lifetime_days: u32,
+    /// Unified CM's "OAuth with Refresh Login": issue refresh tokens and accept the refresh grant.
+    pub refresh_login: bool,
+    /// Offer the resource-owner password grant (clients without a browser).
+    pub password_grant: bool,
+    /// Which Bearer challenge the SIP OAuth port sends.
+    pub challenge_dialect: ChallengeDialect,
+    /// Expiry granted when a client asks for none, seconds; `min ≤ default ≤ max`.
+    pub default_expires: u32,
+    /// Shortest non-zero expiry accepted (`423` below it), seconds; at most `max_expires`.
+    pub min_expires: u32,
+    /// Longest expiry granted (longer is cut down), seconds, 1–86400.
+    pub max_expires: u32,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            oauth_mode: false,
+            access_token_lifetime_minutes: 60,
+            refresh_token_lifetime_days: 60,
+            refresh_login: true,
+            password_grant: true,
+            challenge_dialect: ChallengeDialect::Auto,
+            default_expires: 3600,
+            min_expires: 60,
+            max_expires: 7200,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Checks every range and the expiry ordering; the error names the field and the rule.
+    pub fn validate(&self) -> std::result::Result<(), SettingError> {
+        let bad = |field: &'static str, value: u32, rule: String| {
+            Err(SettingError { field, value, rule })
+        };
+        if !(1..=1440).contains(&self.access_token_lifetime_minutes) {
+            return bad(
+                "access_token_lifetime_minutes",
+                self.access_token_lifetime_minutes,
+                "1–1440".into(),
+            );
+        }
+        if !(1..=365).contains(&self.refresh_token_lifetime_days) {
+            return bad(
+                "refresh_token_lifetime_days",
+                self.refresh_token_lifetime_days,
+                "1–365".into(),
+            );
+        }
+        if !(1..=86400).contains(&self.max_expires) {
+            return bad("max_expires", self.max_expires, "1–86400".into());
+        }
+        if self.min_expires > self.max_expires {
+            return bad(
+                "min_expires",
+                self.min_expires,
+                format!("0–max_expires ({})", self.max_expires),
+            );
+        }
+        if !(self.min_expires.max(1)..=self.max_expires).contains(&self.default_expires) {
+            return bad(
+                "default_expires",
+                self.default_expires,
+                format!(
+                    "min_expires–max_expires ({}–{})",
+                    self.min_expires.max(1),
+                    self.max_expires
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A cluster setting out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value} is out of range; allowed: {rule}")]
+pub struct SettingError {
+    /// The setting's name as in the API.
+    pub field: &'static str,
+    /// The refused value.
+    pub value: u32,
+    /// The allowed range.
+    pub rule: String,
+}
+
+/// Which Bearer challenge a `REGISTER` without a valid token gets on the SIP OAuth port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChallengeDialect {
+    /// Per request: Jabber-like clients get the Unified CM dialect, others RFC 8898.
+    #[default]
+    Auto,
+    /// Always RFC 8898: `401` with `WWW-Authenticate: Bearer realm, scope, authz_server`.
+    Rfc8898,
+    /// Always Unified CM: `407` with `Proxy-Authenticate: Bearer realm="ccmsipline"`.
+    Cucm,
+}
+
+impl ChallengeDialect {
+    /// The name used in the API, the CLI and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeDialect::Auto => "auto",
+            ChallengeDialect::Rfc8898 => "rfc8898",
+            ChallengeDialect::Cucm => "cucm",
+        }
+    }
+}
+
+impl std::str::FromStr for ChallengeDialect {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(ChallengeDialect::Auto),
+            "rfc8898" => Ok(ChallengeDialect::Rfc8898),
+            "cucm" => Ok(ChallengeDialect::Cucm),
+            _ => Err(format!(
+                "unknown challenge dialect `{s}`; use auto, rfc8898 or cucm"
+            )),
+        }
+    }
 }
 
 /// A sipreg node with the ports it advertises and listens on.
@@ -176,6 +305,30 @@ pub struct TrustCert {
     pub added_at: i64,
 }
 
+/// An external token issuer (an enterprise IdP) whose access tokens the registrar accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrustedIssuer {
+    /// The issuer URL, compared exactly with a token's `iss`; the key.
+    pub issuer: String,
+    /// Where the issuer publishes its JWKS (https, or http on a loopback host only).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A local file holding the issuer's JWKS, re-read when it changes.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// The `aud` the issuer's tokens must carry for this registrar.
+    pub audience: String,
+    /// The claim that names the user, e.g. `sub`, `preferred_username`, `upn`, `email`.
+    pub user_claim: String,
+    /// JWS algorithms accepted from this issuer (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Unix seconds of the last change.
+    pub updated_at: i64,
+}
+
 /// A registration binding as persisted; the registrar owns the `data` format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBinding {
@@ -214,6 +367,8 @@ pub enum Change {
     Trust,
     /// A device's Digest credential changed.
     Digest(String),
+    /// A trusted external token issuer changed.
+    Issuer(String),
     /// Anything may have changed (a lost notification, a reconnect to the database, the periodic
     /// safety-net check): reload everything, signing keys included.
     Reload,

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use crate::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
     NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError,
-    StoredBinding, TrustCert, User,
+    StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
 /// Forward-only schema migrations; index + 1 is the schema version.
@@ -88,6 +88,8 @@ CREATE TABLE audit_log (
 ALTER TABLE nodes ADD COLUMN heartbeat_at INTEGER;
 CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL);
 "#,
+    crate::sqlite_settings::MIGRATION,
+    crate::sqlite_issuers::MIGRATION,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -287,16 +289,26 @@ fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn cluster_settings(&self) -> Result<ClusterSettings> {
-        self.with(|c| {
-            Ok(ClusterSettings {
-                oauth_mode: c.query_row(
-                    "SELECT oauth_mode FROM cluster_settings WHERE id = 1",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )? != 0,
-            })
-        })
-        .await
+        self.with(crate::sqlite_settings::read).await
+    }
+
+    async fn set_cluster_settings(&self, settings: &ClusterSettings) -> Result<()> {
+        let s = *settings;
+        self.with(move |c| crate::sqlite_settings::write(c, &s))
+            .await?;
+        self.notify(Change::Cluster);
+        Ok(())
+    }
+
+    async fn seed_cluster_settings(&self, settings: &ClusterSettings) -> Result<bool> {
+        let s = *settings;
+        let seeded = self
+            .with(move |c| crate::sqlite_settings::seed(c, &s))
+            .await?;
+        if seeded {
+            self.notify(Change::Cluster);
+        }
+        Ok(seeded)
     }
 
     async fn set_oauth_mode(&self, on: bool) -> Result<()> {
@@ -692,6 +704,51 @@ impl Store for SqliteStore {
         })
         .await?;
         self.notify(Change::Revocation(user.to_owned()));
+        Ok(())
+    }
+
+    async fn set_client_tokens_not_before(
+        &self,
+        user: &str,
+        client_id: &str,
+        not_before: i64,
+    ) -> Result<()> {
+        let (u, cl) = (user.to_owned(), client_id.to_owned());
+        self.with(move |c| crate::sqlite_issuers::set_client_not_before(c, &u, &cl, not_before))
+            .await?;
+        self.notify(Change::Revocation(user.to_owned()));
+        Ok(())
+    }
+
+    async fn client_tokens_not_before(&self) -> Result<Vec<(String, String, i64)>> {
+        self.with(crate::sqlite_issuers::client_not_before).await
+    }
+
+    async fn create_issuer(&self, issuer: &TrustedIssuer) -> Result<()> {
+        let i = issuer.clone();
+        self.with(move |c| crate::sqlite_issuers::create(c, &i))
+            .await?;
+        self.notify(Change::Issuer(issuer.issuer.clone()));
+        Ok(())
+    }
+
+    async fn update_issuer(&self, issuer: &TrustedIssuer) -> Result<()> {
+        let i = issuer.clone();
+        self.with(move |c| crate::sqlite_issuers::update(c, &i))
+            .await?;
+        self.notify(Change::Issuer(issuer.issuer.clone()));
+        Ok(())
+    }
+
+    async fn issuers(&self) -> Result<Vec<TrustedIssuer>> {
+        self.with(crate::sqlite_issuers::list).await
+    }
+
+    async fn delete_issuer(&self, issuer: &str) -> Result<()> {
+        let i = issuer.to_owned();
+        self.with(move |c| crate::sqlite_issuers::delete(c, &i))
+            .await?;
+        self.notify(Change::Issuer(issuer.to_owned()));
         Ok(())
     }
 
@@ -1216,9 +1273,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         {
-            // The previous release's database: every migration but the last.
+            // A release before heartbeats (schema 3); every later migration must apply to it.
             let conn = Connection::open(&path).unwrap();
-            for (i, sql) in MIGRATIONS[..MIGRATIONS.len() - 1].iter().enumerate() {
+            for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
                 conn.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
                     .unwrap();
             }
@@ -1231,6 +1288,11 @@ mod tests {
         let s = SqliteStore::open(&path).unwrap();
         s.heartbeat("n1", 7).await.unwrap();
         assert_eq!(s.node_statuses().await.unwrap()[0].last_heartbeat, Some(7));
+        assert_eq!(
+            s.cluster_settings().await.unwrap(),
+            ClusterSettings::default(),
+            "cluster settings get their defaults"
+        );
         drop(s);
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)

@@ -13,6 +13,7 @@ use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 use sipreg_store::{Directory, DirectorySnapshot};
 
+use crate::fetches::{FetchResult, FetchStats, FetchTransport};
 use crate::names::{self, BadName, CACHE_LIST, XML_DEFAULT};
 use crate::render::{render_default_config, try_render, RenderError};
 
@@ -84,6 +85,8 @@ pub struct ConfigFiles {
     current: ArcSwapOption<FileSet>,
     // One rebuild at a time; the others wait and then find the new set.
     rebuild: Mutex<()>,
+    /// Fetches by transport and result, counted by [`ConfigFiles::fetch`].
+    fetches: Arc<FetchStats>,
 }
 
 impl std::fmt::Debug for ConfigFiles {
@@ -104,7 +107,36 @@ impl ConfigFiles {
             directory,
             current: ArcSwapOption::empty(),
             rebuild: Mutex::new(()),
+            fetches: Arc::default(),
         }
+    }
+
+    /// Counts fetches into `fetches` (shared with whoever renders the metrics).
+    pub fn with_fetch_stats(mut self, fetches: Arc<FetchStats>) -> Self {
+        self.fetches = fetches;
+        self
+    }
+
+    /// The fetch counters.
+    pub fn fetch_stats(&self) -> &Arc<FetchStats> {
+        &self.fetches
+    }
+
+    /// [`lookup`](Self::lookup) for a client fetching over `transport`, counted; a fetch refused
+    /// later (HTTPS, not the owner) is counted by the caller with [`FetchStats::count`].
+    pub fn fetch(
+        &self,
+        transport: FetchTransport,
+        requested: &str,
+    ) -> Result<Arc<ConfigFile>, LookupError> {
+        let r = self.lookup(requested);
+        match &r {
+            // HTTPS counts its success after the ownership check.
+            Ok(_) if transport == FetchTransport::Https => {}
+            Ok(_) => self.fetches.count(transport, FetchResult::Ok),
+            Err(e) => self.fetches.count(transport, FetchResult::of(e)),
+        }
+        r
     }
 
     /// The file set for the directory's current generation, rendering it if the directory moved on.

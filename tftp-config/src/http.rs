@@ -18,6 +18,7 @@ use axum::Router;
 use sipreg_store::Directory;
 
 use crate::auth::{may_fetch, token_user, Denied, TokenCheck};
+use crate::fetches::{FetchResult, FetchTransport};
 use crate::files::{ConfigFile, ConfigFiles, LookupError};
 
 /// The `Content-Type` of every `.cnf.xml` file.
@@ -49,7 +50,7 @@ async fn plain_file(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match files.lookup(&name) {
+    match files.fetch(FetchTransport::Http, &name) {
         // Clients must see a changed file at once: they revalidate with the ETag every time.
         Ok(file) => respond(&file, &headers, "no-cache"),
         Err(e) => lookup_failed(e),
@@ -62,17 +63,23 @@ async fn secure_file(
     headers: HeaderMap,
 ) -> Response {
     // Authenticate before looking anything up, so an anonymous caller learns nothing about names.
+    let stats = files.fetch_stats();
     let user = match token_user(&headers, check.as_ref(), unix_now()) {
         Ok(user) => user,
-        Err(denied) => return refuse(&denied),
+        Err(denied) => {
+            stats.count(FetchTransport::Https, FetchResult::Denied);
+            return refuse(&denied);
+        }
     };
-    let file = match files.lookup(&name) {
+    let file = match files.fetch(FetchTransport::Https, &name) {
         Ok(file) => file,
         Err(e) => return lookup_failed(e),
     };
     if let Err(denied) = may_fetch(&user, &file) {
+        stats.count(FetchTransport::Https, FetchResult::Denied);
         return refuse(&denied);
     }
+    stats.count(FetchTransport::Https, FetchResult::Ok);
     respond(&file, &headers, "private, no-cache")
 }
 

@@ -14,6 +14,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+mod fetches;
 mod files;
 mod http;
 mod names;
@@ -23,6 +24,7 @@ mod test_support;
 pub mod tftp;
 
 pub use auth::{Denied, TokenCheck};
+pub use fetches::{FetchResult, FetchStats, FetchTransport};
 pub use files::{ConfigFile, ConfigFiles, FileSet, LookupError};
 pub use http::{router, router_for, secure_router, CONTENT_TYPE};
 pub use names::{device_kind, DeviceKind, CACHE_LIST, XML_DEFAULT};

@@ -24,6 +24,8 @@ pub struct TokenConfig {
     pub auth_code_ttl_secs: i64,
     /// How long a login page stays usable, seconds.
     pub login_page_ttl_secs: i64,
+    /// An external issuer's JWKS URL is fetched again (on an unknown `kid`) at most this often.
+    pub jwks_refetch_secs: u64,
 }
 
 impl Default for TokenConfig {
@@ -39,6 +41,7 @@ impl Default for TokenConfig {
             refresh_login: true,
             auth_code_ttl_secs: 60,
             login_page_ttl_secs: 600,
+            jwks_refetch_secs: 30,
         }
     }
 }

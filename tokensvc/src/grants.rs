@@ -116,6 +116,24 @@ pub struct TokenService {
     pub(crate) logins: crate::authorize::PendingLogins,
     /// SHA-256 of each bearer secret allowed to call the introspection endpoint.
     pub(crate) introspection_secrets: Vec<[u8; 32]>,
+    /// Token endpoint counters for `/metrics`.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The live directory: its cluster settings override `cfg`'s lifetimes and switches.
+    pub(crate) directory: std::sync::OnceLock<sipreg_store::Directory>,
+}
+
+/// The lifetimes and switches in force for one request: the cluster settings when a directory is
+/// attached (changed live through the admin API), else the service's [`TokenConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSettings {
+    /// Access-token lifetime, seconds.
+    pub access_ttl_secs: i64,
+    /// Refresh-token lifetime, seconds.
+    pub refresh_ttl_secs: i64,
+    /// Whether the password grant is offered.
+    pub password_grant: bool,
+    /// Whether refresh tokens are issued and the refresh grant accepted.
+    pub refresh_login: bool,
 }
 
 impl TokenService {
@@ -132,6 +150,32 @@ impl TokenService {
             throttle: Throttle::default(),
             logins: Default::default(),
             introspection_secrets: Vec::new(),
+            metrics: Arc::default(),
+            directory: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Makes the cluster settings of `directory` the source of the token lifetimes and the
+    /// password-grant and refresh-login switches, read per request (a change applies at once).
+    pub fn attach_directory(&self, directory: sipreg_store::Directory) {
+        let _ = self.directory.set(directory);
+    }
+
+    /// The lifetimes and switches in force now; one snapshot load, no lock.
+    pub fn live(&self) -> LiveSettings {
+        match self.directory.get().and_then(|d| d.snapshot().cluster) {
+            Some(c) => LiveSettings {
+                access_ttl_secs: i64::from(c.access_token_lifetime_minutes) * 60,
+                refresh_ttl_secs: i64::from(c.refresh_token_lifetime_days) * 86400,
+                password_grant: c.password_grant,
+                refresh_login: c.refresh_login,
+            },
+            None => LiveSettings {
+                access_ttl_secs: self.cfg.access_ttl_secs,
+                refresh_ttl_secs: self.cfg.refresh_ttl_secs,
+                password_grant: self.cfg.password_grant,
+                refresh_login: self.cfg.refresh_login,
+            },
         }
     }
 
@@ -140,6 +184,11 @@ impl TokenService {
     pub fn with_introspection_secret(mut self, sha256: [u8; 32]) -> Self {
         self.introspection_secrets.push(sha256);
         self
+    }
+
+    /// The token endpoint counters (tokens issued by grant, refusals by error).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The settings this service issues with.
@@ -166,7 +215,16 @@ impl TokenService {
         scope: &str,
         now: i64,
     ) -> Result<String, TokenError> {
-        sign_access_token(&self.keys, &self.cfg, user, client_id, scope, now)
+        let ttl = self.live().access_ttl_secs;
+        if ttl == self.cfg.access_ttl_secs {
+            return sign_access_token(&self.keys, &self.cfg, user, client_id, scope, now);
+        }
+        // Issuing is rare next to validation; a copy of the config with the live lifetime is cheap.
+        let cfg = TokenConfig {
+            access_ttl_secs: ttl,
+            ..self.cfg.clone()
+        };
+        sign_access_token(&self.keys, &cfg, user, client_id, scope, now)
     }
 
     pub(crate) async fn client(&self, id: &str) -> Result<Client, GrantError> {
@@ -212,7 +270,7 @@ impl TokenService {
         addr: Option<IpAddr>,
         now: i64,
     ) -> Result<TokenResponse, GrantError> {
-        if !self.cfg.password_grant {
+        if !self.live().password_grant {
             return Err(GrantError::UnsupportedGrantType);
         }
         let client = self.client(client_id).await?;
@@ -289,7 +347,7 @@ impl TokenService {
         scope: Option<&str>,
         now: i64,
     ) -> Result<TokenResponse, GrantError> {
-        if !self.cfg.refresh_login {
+        if !self.live().refresh_login {
             return Err(GrantError::UnsupportedGrantType);
         }
         let client = self.client(client_id).await?;
@@ -360,8 +418,9 @@ impl TokenService {
         family: &str,
         refresh_expires_at: Option<i64>,
     ) -> Result<TokenResponse, GrantError> {
+        let live = self.live();
         let access_token = self.issue_access_token(user, client_id, scope, now)?;
-        let refresh_token = if self.cfg.refresh_login {
+        let refresh_token = if live.refresh_login {
             let token = new_opaque_token();
             let record = RefreshToken {
                 hash: refresh_token_hash(&token),
@@ -370,7 +429,7 @@ impl TokenService {
                 scope: scope.to_owned(),
                 issued_at: now,
                 expires_at: refresh_expires_at
-                    .unwrap_or_else(|| now.saturating_add(self.cfg.refresh_ttl_secs)),
+                    .unwrap_or_else(|| now.saturating_add(live.refresh_ttl_secs)),
                 family: family.to_owned(),
             };
             self.store.insert_refresh_token(&record).await?;
@@ -382,7 +441,7 @@ impl TokenService {
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer".into(),
-            expires_in: self.cfg.access_ttl_secs,
+            expires_in: live.access_ttl_secs,
             refresh_token,
             scope: scope.to_owned(),
         })
@@ -862,6 +921,53 @@ pub(crate) mod tests {
             service,
             ..f
         }
+    }
+
+    #[tokio::test]
+    async fn the_cluster_settings_apply_to_the_next_request() {
+        let f = fixture().await;
+        let directory = sipreg_store::Directory::load(f.store.as_ref())
+            .await
+            .unwrap();
+        f.service.attach_directory(directory.clone());
+        let set = |c: sipreg_store::ClusterSettings| {
+            let (store, directory) = (f.store.clone(), directory.clone());
+            async move {
+                store.set_cluster_settings(&c).await.unwrap();
+                directory.reload(store.as_ref()).await.unwrap();
+            }
+        };
+        set(sipreg_store::ClusterSettings {
+            access_token_lifetime_minutes: 5,
+            refresh_login: false,
+            ..Default::default()
+        })
+        .await;
+        let r = f
+            .service
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
+            .await
+            .unwrap();
+        assert_eq!(r.expires_in, 300);
+        assert!(r.refresh_token.is_none());
+        let claims = f.validator.validate(&r.access_token, NOW).unwrap();
+        assert_eq!(claims.exp - claims.iat, 300);
+        set(sipreg_store::ClusterSettings {
+            password_grant: false,
+            ..Default::default()
+        })
+        .await;
+        let e = f
+            .service
+            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GrantError::UnsupportedGrantType));
+        let grants = f.service.metadata()["grant_types_supported"].clone();
+        assert_eq!(
+            grants,
+            serde_json::json!(["authorization_code", "refresh_token"])
+        );
     }
 
     #[tokio::test]

@@ -76,11 +76,13 @@ impl TokenService {
     /// RFC 8414 §2 metadata; lists only what this server does.
     pub fn metadata(&self) -> Value {
         let iss = &self.cfg.issuer;
+        // The cluster's switches, as they are now: discovery follows a change at once.
+        let live = self.live();
         let mut grants = vec!["authorization_code"];
-        if self.cfg.refresh_login {
+        if live.refresh_login {
             grants.push("refresh_token");
         }
-        if self.cfg.password_grant {
+        if live.password_grant {
             grants.push("password");
         }
         json!({
@@ -237,10 +239,14 @@ async fn token(
     ClientAddr(addr): ClientAddr,
     form: Result<Form<TokenRequest>, FormRejection>,
 ) -> Response {
-    let result = match form {
-        Ok(Form(req)) => svc.token_request(req, addr, unix_now()).await,
-        Err(_) => Err(bad_form()),
+    let (grant, result) = match form {
+        Ok(Form(req)) => {
+            let grant = crate::metrics::grant_index(req.grant_type.as_deref());
+            (grant, svc.token_request(req, addr, unix_now()).await)
+        }
+        Err(_) => (crate::metrics::grant_index(None), Err(bad_form())),
     };
+    svc.metrics.count(grant, &result);
     match result {
         Ok(tokens) => (StatusCode::OK, no_store(), Json(tokens)).into_response(),
         Err(e) => e.into_response(),

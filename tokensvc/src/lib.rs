@@ -19,11 +19,13 @@ mod authorize;
 mod clients;
 mod codes;
 mod config;
+mod external;
 mod grants;
 mod http;
 mod issue;
 mod json;
 mod keys;
+pub mod metrics;
 mod password;
 mod pkce;
 mod throttle;
@@ -34,7 +36,11 @@ pub use clients::{
     builtin_client, valid_scope_token, validate_redirect_uri, DEFAULT_CLIENT_ID, REGISTER_SCOPE,
 };
 pub use config::TokenConfig;
-pub use grants::{GrantError, TokenResponse, TokenService};
+pub use external::{
+    check_url as check_issuer_url, validate_issuer, IssuerFieldError, DEFAULT_ALGORITHMS,
+    DEFAULT_USER_CLAIM, SUPPORTED_ALGORITHMS,
+};
+pub use grants::{GrantError, LiveSettings, TokenResponse, TokenService};
 pub use keys::{key_states, KeyInfo, KeyRing, KeyState};
 pub use password::{hash_password, verify_password};
 pub use validator::{AccessClaims, AccessTokenValidator, ValidationError};

@@ -7,8 +7,9 @@
 //! costs a hash instead of a signature check. Revocation is checked on every call, cached or not,
 //! and a cached token whose key was removed from the ring is verified afresh (and then fails).
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -16,8 +17,9 @@ use dashmap::DashMap;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use sipreg_store::Directory;
+use sipreg_store::{Directory, TrustedIssuer};
 
+use crate::external::ExternalKeys;
 use crate::issue::ACCESS_TOKEN_TYP;
 use crate::json::{parse_object, StrictJsonError};
 use crate::keys::ALG_ES256;
@@ -115,6 +117,12 @@ pub enum ValidationError {
     /// The token's user no longer exists.
     #[error("unknown user")]
     UnknownUser,
+    /// The token's external issuer's keys could not be loaded (and none were ever).
+    #[error("token issuer keys unavailable")]
+    IssuerUnavailable,
+    /// An external issuer's token lacks the claim configured to name the user.
+    #[error("token names no user")]
+    MissingUser,
 }
 
 /// Validates access tokens against the [`KeyRing`] with a caller-supplied clock. Clones share the
@@ -131,7 +139,12 @@ struct Inner {
     leeway: i64,
     directory: OnceLock<Directory>,
     cache: DashMap<[u8; 32], Arc<Verified>>,
+    /// Cache keys in insertion order, for O(1) eviction of the oldest when the cache is full.
+    /// Never longer than [`MAX_CACHE_ENTRIES`]; every cache insert pushes here, so the cache
+    /// never outgrows it (a key removed meanwhile just leaves a stale entry to pop).
+    order: Mutex<VecDeque<[u8; 32]>>,
     revoked_jtis: DashMap<String, i64>,
+    external: ExternalKeys,
 }
 
 /// A token whose signature and claims checked out once; what the cache keeps.
@@ -140,6 +153,8 @@ struct Verified {
     claims: AccessClaims,
     not_before: i64,
     kid: String,
+    /// The external issuer, as configured when the token verified; `None` for our own tokens.
+    external: Option<Arc<TrustedIssuer>>,
 }
 
 impl fmt::Debug for AccessTokenValidator {
@@ -164,7 +179,11 @@ impl AccessTokenValidator {
                 leeway: i64::try_from(cfg.leeway_secs).unwrap_or(i64::MAX),
                 directory: OnceLock::new(),
                 cache: DashMap::new(),
+                order: Mutex::new(VecDeque::new()),
                 revoked_jtis: DashMap::new(),
+                external: ExternalKeys::new(std::time::Duration::from_secs(
+                    cfg.jwks_refetch_secs.max(1),
+                )),
             }),
         }
     }
@@ -178,7 +197,15 @@ impl AccessTokenValidator {
 
     /// Forgets every cached verification (the next use of each token verifies its signature).
     pub fn clear_cache(&self) {
+        if let Ok(mut order) = self.inner.order.lock() {
+            order.clear();
+        }
         self.inner.cache.clear();
+    }
+
+    /// How many JWKS fetches or reads of external issuers failed since start.
+    pub fn jwks_failures(&self) -> u64 {
+        self.inner.external.failures()
     }
 
     /// How many verified tokens are cached.
@@ -214,8 +241,9 @@ impl AccessTokenValidator {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self.inner.cache.get(&digest).map(|e| e.value().clone());
         let verified = match cached {
-            // The key may have been removed since (rotation with --revoke-previous).
-            Some(v) if self.inner.keys.current().verifying(&v.kid).is_some() => v,
+            // The key may have been removed since (rotation with --revoke-previous), or the
+            // external issuer changed or was removed.
+            Some(v) if self.still_trusted(&v) => v,
             Some(_) => {
                 self.inner.cache.remove(&digest);
                 Arc::new(self.verify(token)?)
@@ -228,19 +256,39 @@ impl AccessTokenValidator {
         Ok(verified.claims.clone())
     }
 
-    fn remember(&self, digest: [u8; 32], verified: Arc<Verified>, now: i64) {
+    /// Whether a cached verification still stands: its key is still published (ours), or its
+    /// issuer is still trusted with the same settings and still lists the key (external).
+    fn still_trusted(&self, v: &Verified) -> bool {
+        match &v.external {
+            None => self.inner.keys.current().verifying(&v.kid).is_some(),
+            Some(was) => self.inner.directory.get().is_some_and(|dir| {
+                let snap = dir.snapshot();
+                snap.trusted_issuer(&was.issuer)
+                    .is_some_and(|now| now == was && self.inner.external.holds(now, &v.kid))
+            }),
+        }
+    }
+
+    /// Caches a verification. When full, the oldest entry goes: O(1), and since tokens of one
+    /// deployment share a lifetime the oldest is also the first to expire.
+    fn remember(&self, digest: [u8; 32], verified: Arc<Verified>, _now: i64) {
         let cache = &self.inner.cache;
         if cache.contains_key(&digest) {
             return;
         }
-        if cache.len() >= MAX_CACHE_ENTRIES {
-            let leeway = self.inner.leeway;
-            cache.retain(|_, v| now < v.claims.exp.saturating_add(leeway));
+        let Ok(mut order) = self.inner.order.lock() else {
+            return;
+        };
+        while order.len() >= MAX_CACHE_ENTRIES {
+            match order.pop_front() {
+                Some(old) => {
+                    cache.remove(&old);
+                }
+                None => break,
+            }
         }
-        // Still full of live tokens: verify the overflow each time rather than grow without bound.
-        if cache.len() < MAX_CACHE_ENTRIES {
-            cache.insert(digest, verified);
-        }
+        order.push_back(digest);
+        cache.insert(digest, verified);
     }
 
     /// RFC 7519 §4.1.4/§4.1.5 against the caller's clock, with the configured leeway.
@@ -260,7 +308,7 @@ impl AccessTokenValidator {
 
     /// Revocation, on every call: the token's own `jti`, then the user's not-before time.
     fn check_revocation(&self, c: &AccessClaims) -> Result<(), ValidationError> {
-        if self.inner.revoked_jtis.contains_key(&c.jti) {
+        if !c.jti.is_empty() && self.inner.revoked_jtis.contains_key(&c.jti) {
             return Err(ValidationError::Revoked);
         }
         if let Some(dir) = self.inner.directory.get() {
@@ -270,6 +318,12 @@ impl AccessTokenValidator {
             }
             // No leeway: a revocation at second T kills every token issued before T.
             if c.iat < snap.tokens_not_before(&c.sub) {
+                return Err(ValidationError::Revoked);
+            }
+            // The same, per client: `revoke-tokens?client_id=` ends only that client's tokens.
+            if !c.client_id.is_empty()
+                && c.iat < snap.client_tokens_not_before(&c.sub, &c.client_id)
+            {
                 return Err(ValidationError::Revoked);
             }
         }
@@ -292,6 +346,14 @@ impl AccessTokenValidator {
         // RFC 8725 §3.1: the algorithm is checked against the allowlist on the raw header, before
         // any key is chosen, so `none` and HS256-keyed-with-our-public-key never reach crypto.
         let header = decode_part(header_b64)?;
+        // A trusted external issuer's token is judged by that issuer's rules and keys. Only with
+        // issuers configured is the (still unauthenticated) claim set looked at this early, and
+        // only for its `iss`, which picks the rules; nothing in it is believed before the
+        // signature checks out.
+        if let Some((issuer, claims, anchors)) = self.external_issuer(claims_b64) {
+            let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
+            return self.verify_external(&issuer, &header, claims, signed, signature_b64, &anchors);
+        }
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         if alg != ALG_ES256 {
             return Err(E::UnsupportedAlgorithm(sanitise(alg)));
@@ -363,6 +425,128 @@ impl AccessTokenValidator {
             },
             not_before: nbf,
             kid: kid.to_owned(),
+            external: None,
+        })
+    }
+
+    /// The trusted external issuer a token's `iss` names (never our own issuer), with the parsed
+    /// claim set and the trust anchors for fetching its keys.
+    #[allow(clippy::type_complexity)]
+    fn external_issuer(
+        &self,
+        claims_b64: &str,
+    ) -> Option<(Arc<TrustedIssuer>, Map<String, Value>, Vec<String>)> {
+        let snap = self.inner.directory.get()?.snapshot();
+        if !snap.has_trusted_issuers() {
+            return None;
+        }
+        let claims = decode_part(claims_b64).ok()?;
+        let iss = claims.get("iss")?.as_str()?;
+        if iss == self.inner.issuer {
+            return None;
+        }
+        let issuer = snap.trusted_issuer(iss)?.clone();
+        Some((issuer, claims, snap.trust_anchors.clone()))
+    }
+
+    /// RFC 9068 / RFC 8725 for an external issuer's token: its algorithm allowlist, its keys,
+    /// its audience, and the user in its configured claim.
+    fn verify_external(
+        &self,
+        issuer: &Arc<TrustedIssuer>,
+        header: &Map<String, Value>,
+        claims: Map<String, Value>,
+        signed: &str,
+        signature_b64: &str,
+        anchors: &[String],
+    ) -> Result<Verified, ValidationError> {
+        use ValidationError as E;
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        let algorithm = crate::external::algorithm(alg)
+            .filter(|_| issuer.algorithms.iter().any(|a| a == alg))
+            .ok_or_else(|| E::UnsupportedAlgorithm(sanitise(alg)))?;
+        if header.contains_key("crit") {
+            return Err(E::UnsupportedCritical);
+        }
+        if let Some(member) = KEY_REFERENCE_MEMBERS
+            .iter()
+            .find(|m| header.contains_key(**m))
+        {
+            return Err(E::KeyReference(member));
+        }
+        // IdPs type their access tokens `at+jwt` (RFC 9068) or plain `JWT`; anything else (an ID
+        // token's `id+jwt`, a logout token) is not an access token.
+        match header.get("typ") {
+            None => {}
+            Some(Value::String(t))
+                if ["at+jwt", "application/at+jwt", "jwt", "application/jwt"]
+                    .iter()
+                    .any(|ok| t.eq_ignore_ascii_case(ok)) => {}
+            Some(_) => return Err(E::WrongType),
+        }
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty())
+            .ok_or(E::UnknownKey)?;
+        let key = self.inner.external.key_for(issuer, kid, anchors)?;
+        if !key.fits(alg) {
+            return Err(E::UnknownKey);
+        }
+        match jsonwebtoken::crypto::verify(signature_b64, signed.as_bytes(), &key.key, algorithm) {
+            Ok(true) => {}
+            _ => return Err(E::BadSignature),
+        }
+        let aud_ok = match claims.get("aud") {
+            None => return Err(E::MissingClaim("aud")),
+            Some(Value::String(a)) => *a == issuer.audience,
+            Some(Value::Array(all)) => all
+                .iter()
+                .any(|a| a.as_str() == Some(issuer.audience.as_str())),
+            Some(_) => false,
+        };
+        if !aud_ok {
+            return Err(E::WrongAudience);
+        }
+        let exp = numeric(&claims, "exp")?.ok_or(E::MissingClaim("exp"))?;
+        let iat = numeric(&claims, "iat")?.ok_or(E::MissingClaim("iat"))?;
+        let nbf = numeric(&claims, "nbf")?.unwrap_or(i64::MIN);
+        let sub = claims
+            .get(&issuer.user_claim)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .ok_or(E::MissingUser)?
+            .to_owned();
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        // Entra ID names the client `azp` (v2) or `appid` (v1); RFC 9068 says `client_id`.
+        let client_id = text("client_id")
+            .or_else(|| text("azp"))
+            .or_else(|| text("appid"))
+            .unwrap_or_default();
+        // `scope` (RFC 9068) or `scp` (Entra ID, Okta: a string or an array). A token without
+        // either was still minted for our audience, which is the registrar itself: it may register.
+        let scope = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) | (None, Some(Value::String(s))) => s.clone(),
+            (None, Some(Value::Array(all))) => all
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            (None, None) => crate::REGISTER_SCOPE.to_owned(),
+            _ => String::new(),
+        };
+        Ok(Verified {
+            claims: AccessClaims {
+                sub,
+                client_id,
+                scope,
+                iat,
+                exp,
+                jti: text("jti").unwrap_or_default(),
+            },
+            not_before: nbf,
+            kid: kid.to_owned(),
+            external: Some(issuer.clone()),
         })
     }
 }

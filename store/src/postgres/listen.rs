@@ -32,6 +32,7 @@ pub(crate) fn encode(origin: &str, change: &Change) -> String {
         Change::Edge(n) => ("edge", Some(n)),
         Change::Trust => ("trust", None),
         Change::Digest(n) => ("digest", Some(n)),
+        Change::Issuer(n) => ("issuer", Some(n)),
         Change::Reload => ("reload", None),
     };
     match name {
@@ -61,6 +62,7 @@ pub(crate) fn decode(payload: &str) -> (&str, Change) {
         ("edge", Some(n)) => Change::Edge(n),
         ("trust", None) => Change::Trust,
         ("digest", Some(n)) => Change::Digest(n),
+        ("issuer", Some(n)) => Change::Issuer(n),
         _ => Change::Reload,
     };
     (origin, change)

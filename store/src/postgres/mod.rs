@@ -7,8 +7,10 @@
 //! every call fails with [`StoreError::Backend`] quickly (bounded pool timeouts) and the pool
 //! reconnects by itself once it is back; callers keep serving from their caches meanwhile.
 
+mod issuers;
 mod listen;
 pub(crate) mod schema;
+mod settings;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,7 +24,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::{
     redact_url, AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge,
     Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store,
-    StoreError, StoredBinding, TrustCert, User,
+    StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
 /// How often every node reloads everything even without a notification (the safety net).
@@ -409,13 +411,15 @@ async fn try_replace_bindings(
 #[async_trait]
 impl Store for PostgresStore {
     async fn cluster_settings(&self) -> Result<ClusterSettings> {
-        let c = self.client().await?;
-        let row = c
-            .query_one("SELECT oauth_mode FROM cluster_settings WHERE id = 1", &[])
-            .await?;
-        Ok(ClusterSettings {
-            oauth_mode: row.try_get(0)?,
-        })
+        self.read_settings().await
+    }
+
+    async fn set_cluster_settings(&self, settings: &ClusterSettings) -> Result<()> {
+        self.write_settings(settings).await
+    }
+
+    async fn seed_cluster_settings(&self, settings: &ClusterSettings) -> Result<bool> {
+        self.seed_settings(settings).await
     }
 
     async fn set_oauth_mode(&self, on: bool) -> Result<()> {
@@ -741,6 +745,36 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound(format!("user {user}")));
         }
         self.commit(tx, Change::Revocation(user.to_owned())).await
+    }
+
+    async fn set_client_tokens_not_before(
+        &self,
+        user: &str,
+        client_id: &str,
+        not_before: i64,
+    ) -> Result<()> {
+        self.pg_set_client_not_before(user, client_id, not_before)
+            .await
+    }
+
+    async fn client_tokens_not_before(&self) -> Result<Vec<(String, String, i64)>> {
+        self.pg_client_not_before().await
+    }
+
+    async fn create_issuer(&self, issuer: &TrustedIssuer) -> Result<()> {
+        self.pg_create_issuer(issuer).await
+    }
+
+    async fn update_issuer(&self, issuer: &TrustedIssuer) -> Result<()> {
+        self.pg_update_issuer(issuer).await
+    }
+
+    async fn issuers(&self) -> Result<Vec<TrustedIssuer>> {
+        self.pg_issuers().await
+    }
+
+    async fn delete_issuer(&self, issuer: &str) -> Result<()> {
+        self.pg_delete_issuer(issuer).await
     }
 
     async fn tokens_not_before(&self) -> Result<Vec<(String, i64)>> {

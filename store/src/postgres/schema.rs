@@ -83,6 +83,8 @@ CREATE TABLE audit_log (
 ALTER TABLE nodes ADD COLUMN heartbeat_at BIGINT;
 CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at BIGINT NOT NULL);
 "#,
+    super::settings::MIGRATION,
+    super::issuers::MIGRATION,
 ];
 
 /// Key of the advisory lock that serialises migrations across nodes ("sipregmg").

@@ -3,7 +3,9 @@
 //! only make sense with several nodes on one database live in [`cluster`].
 
 mod cluster;
+mod issuers;
 mod pg;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +79,17 @@ suite!(
     a_revoked_family_stays_revoked_for_racing_rotations,
     a_device_update_replaces_owner_lines_and_profile,
     a_password_change_replaces_the_hash,
+    trusted_issuers_round_trip_and_reach_the_directory,
+    per_client_not_before_is_kept_per_user_and_client,
+    cluster_settings_are_replaced_seeded_once_and_validated,
 );
+
+use settings::cluster_settings_are_replaced_seeded_once_and_validated;
+
+use issuers::{
+    per_client_not_before_is_kept_per_user_and_client,
+    trusted_issuers_round_trip_and_reach_the_directory,
+};
 
 pub(crate) fn user(id: &str) -> User {
     User {

@@ -74,7 +74,7 @@ pub(crate) fn decide(datagram: &[u8], files: &ConfigFiles, cfg: &TftpConfig) -> 
         "mail" => return refuse(ErrorCode::IllegalOperation, "mail mode is not supported"),
         _ => return refuse(ErrorCode::IllegalOperation, "unknown transfer mode"),
     };
-    let file = match files.lookup(req.filename) {
+    let file = match files.fetch(crate::FetchTransport::Tftp, req.filename) {
         Ok(f) => f,
         Err(LookupError::NotFound) => return refuse(ErrorCode::FileNotFound, "file not found"),
         Err(LookupError::BadName) => {
