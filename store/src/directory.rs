@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::{ClusterSettings, Device, DigestCredential, Edge, Node, Result, Store, TrustedIssuer};
+use crate::{
+    ClusterSettings, Device, DigestCredential, Edge, Node, Result, SecurityProfile, Store,
+    TrustedIssuer,
+};
 
 /// A consistent, read-only picture of the directory at one moment.
 #[derive(Debug, Default)]
@@ -22,6 +25,7 @@ pub struct DirectorySnapshot {
     digest: HashMap<String, (String, DigestCredential)>,
     client_not_before: HashMap<(String, String), i64>,
     issuers: HashMap<String, Arc<TrustedIssuer>>,
+    profiles: HashMap<String, Arc<SecurityProfile>>,
     /// Trust store certificates (PEM), the anchors for https JWKS fetches of trusted issuers.
     pub trust_anchors: Vec<String>,
     /// Trusted edges, ordered by host.
@@ -73,6 +77,11 @@ impl DirectorySnapshot {
     /// The trusted external issuer whose URL is exactly `iss`.
     pub fn trusted_issuer(&self, iss: &str) -> Option<&Arc<TrustedIssuer>> {
         self.issuers.get(iss)
+    }
+
+    /// The security profile with this name (a device's `profile`).
+    pub fn profile(&self, name: &str) -> Option<&Arc<SecurityProfile>> {
+        self.profiles.get(name)
     }
 
     /// Whether any external issuer is trusted.
@@ -156,6 +165,12 @@ async fn build(store: &dyn Store, generation: u64) -> Result<DirectorySnapshot> 
         .await?
         .into_iter()
         .map(|i| (i.issuer.clone(), Arc::new(i)))
+        .collect();
+    snap.profiles = store
+        .profiles()
+        .await?
+        .into_iter()
+        .map(|p| (p.name.clone(), Arc::new(p)))
         .collect();
     snap.trust_anchors = store
         .trust_certs()

@@ -16,6 +16,7 @@ mod open;
 mod postgres;
 mod sqlite;
 mod sqlite_issuers;
+mod sqlite_profiles;
 mod sqlite_settings;
 #[cfg(test)]
 mod testsuite;
@@ -24,8 +25,9 @@ pub use directory::{Directory, DirectorySnapshot};
 pub use heartbeat::{heartbeat_loop, HEARTBEAT_INTERVAL};
 pub use model::{
     AdminToken, AuditEntry, ChallengeDialect, Change, ClusterSettings, Device, DigestCredential,
-    Edge, Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, SettingError, SigningKey,
-    StoredBinding, TrustCert, TrustedIssuer, User,
+    Edge, Line, Node, NodeStatus, OAuthClient, ProfileTransport, RefreshToken, RefreshUse,
+    SecurityProfile, SettingError, SigningKey, StoredBinding, TrustCert, TrustedIssuer, User,
+    DEFAULT_MODEL, DEFAULT_OAUTH_PROFILE, DEFAULT_PROFILE, SECURE_OAUTH_PROFILE,
 };
 pub use open::{open, redact_url};
 pub use postgres::{PostgresStore, DEFAULT_RELOAD_INTERVAL};
@@ -85,7 +87,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a user and, with it, the user's devices and refresh tokens.
     async fn delete_user(&self, id: &str) -> Result<()>;
 
-    /// Creates a device; the owner must exist and its lines must be free.
+    /// Creates a device; the owner and the profile must exist (`Invalid` otherwise) and its lines
+    /// must be free. An empty profile picks a default from `oauth`; `oauth` is stored as the
+    /// profile's.
     async fn create_device(&self, device: &Device) -> Result<()>;
     /// Reads one device by name (case-insensitive).
     async fn device(&self, name: &str) -> Result<Option<Device>>;
@@ -96,6 +100,27 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a device's owner, lines and profile flag (by name, case-insensitive) in one
     /// transaction; `NotFound` if it does not exist, `Invalid` if the owner does not.
     async fn update_device(&self, device: &Device) -> Result<()>;
+
+    /// Creates a security profile; `Conflict` if the name is taken.
+    async fn create_profile(&self, profile: &SecurityProfile) -> Result<()>;
+    /// Reads one security profile by name.
+    async fn profile(&self, name: &str) -> Result<Option<SecurityProfile>>;
+    /// Lists security profiles ordered by name.
+    async fn profiles(&self) -> Result<Vec<SecurityProfile>>;
+    /// Replaces a profile's settings and, in the same transaction, its devices' `oauth` flag;
+    /// `NotFound` if it does not exist.
+    async fn update_profile(&self, profile: &SecurityProfile) -> Result<()>;
+    /// Deletes a security profile; `NotFound` if it does not exist, `Invalid` while a device
+    /// uses it.
+    async fn delete_profile(&self, name: &str) -> Result<()>;
+    /// Sets the display name of line `dn` on every device carrying it, in one transaction;
+    /// returns the names of the devices changed (empty when no device carries the line).
+    async fn set_line_display_name(
+        &self,
+        dn: &str,
+        display_name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>>;
 
     /// Creates or replaces a node.
     async fn upsert_node(&self, node: &Node) -> Result<()>;

@@ -35,9 +35,103 @@ pub struct Device {
     /// Lines in button order.
     pub lines: Vec<Line>,
     /// Whether the device's security profile enables OAuth ("Enable OAuth Authentication").
+    /// Derived: the store keeps it equal to the profile's `oauth` (an empty `profile` on write
+    /// picks [`DEFAULT_OAUTH_PROFILE`] or [`DEFAULT_PROFILE`] from this flag).
     pub oauth: bool,
     /// Unix seconds of the last change, used for config versioning.
     pub updated_at: i64,
+    /// The device model (Unified CM's product type); empty on write means [`DEFAULT_MODEL`].
+    #[serde(default)]
+    pub model: String,
+    /// The name of the device's [`SecurityProfile`]; it must exist.
+    #[serde(default)]
+    pub profile: String,
+}
+
+/// The model a device gets when none is given: Jabber's product type.
+pub const DEFAULT_MODEL: &str = "Cisco Unified Client Services Framework";
+/// The seeded profile for devices without OAuth: Digest on any transport.
+pub const DEFAULT_PROFILE: &str = "Universal Device Template - Model-independent Security Profile";
+/// The seeded profile for OAuth devices (and Digest, so legacy ports still work).
+pub const DEFAULT_OAUTH_PROFILE: &str = "Universal Device Template - OAuth Security Profile";
+/// The seeded strict profile: OAuth only, no Digest, TLS.
+pub const SECURE_OAUTH_PROFILE: &str = "Cisco Unified Client Services Framework - Secure OAuth Profile";
+
+/// Which legacy transports a security profile allows Digest registration over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ProfileTransport {
+    /// TCP only.
+    #[serde(rename = "tcp")]
+    Tcp,
+    /// TLS only.
+    #[serde(rename = "tls")]
+    Tls,
+    /// UDP only.
+    #[serde(rename = "udp")]
+    Udp,
+    /// TCP or TLS.
+    #[serde(rename = "tcp+tls")]
+    TcpTls,
+    /// Any transport.
+    #[default]
+    #[serde(rename = "any")]
+    Any,
+}
+
+impl ProfileTransport {
+    /// The name used in the API, the CLI and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileTransport::Tcp => "tcp",
+            ProfileTransport::Tls => "tls",
+            ProfileTransport::Udp => "udp",
+            ProfileTransport::TcpTls => "tcp+tls",
+            ProfileTransport::Any => "any",
+        }
+    }
+
+    /// Whether a connection over `transport` (`"udp"`, `"tcp"` or `"tls"`) is allowed.
+    pub fn allows(self, transport: &str) -> bool {
+        match self {
+            ProfileTransport::Any => true,
+            ProfileTransport::TcpTls => transport == "tcp" || transport == "tls",
+            one => one.as_str() == transport,
+        }
+    }
+}
+
+impl std::str::FromStr for ProfileTransport {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(ProfileTransport::Tcp),
+            "tls" => Ok(ProfileTransport::Tls),
+            "udp" => Ok(ProfileTransport::Udp),
+            "tcp+tls" => Ok(ProfileTransport::TcpTls),
+            "any" => Ok(ProfileTransport::Any),
+            _ => Err(format!(
+                "unknown transport `{s}`; use tcp, tls, udp, tcp+tls or any"
+            )),
+        }
+    }
+}
+
+/// A device security profile (Unified CM's "Phone Security Profile"): how its devices may
+/// authenticate. Devices name one; a change applies to all of them at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityProfile {
+    /// The profile's name; the key.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// "Enable OAuth Authentication": the device may register on the SIP OAuth ports.
+    pub oauth: bool,
+    /// "Enable Digest Authentication": the device may register with Digest on the legacy ports.
+    pub digest: bool,
+    /// The legacy transports Digest registration is allowed over.
+    pub transport: ProfileTransport,
 }
 
 impl Device {
@@ -367,6 +461,8 @@ pub enum Change {
     Trust,
     /// A device's Digest credential changed.
     Digest(String),
+    /// A security profile was created, changed or deleted (its devices' `oauth` may have changed).
+    Profile(String),
     /// A trusted external token issuer changed.
     Issuer(String),
     /// Anything may have changed (a lost notification, a reconnect to the database, the periodic

@@ -9,7 +9,8 @@ use tokio::sync::broadcast;
 
 use crate::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
-    NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store, StoreError,
+    NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SecurityProfile, SigningKey, Store,
+    StoreError,
     StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
@@ -90,6 +91,7 @@ CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at INTEG
 "#,
     crate::sqlite_settings::MIGRATION,
     crate::sqlite_issuers::MIGRATION,
+    crate::sqlite_profiles::MIGRATION,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -259,7 +261,7 @@ fn insert_lines(tx: &rusqlite::Transaction<'_>, device: &str, lines: &[Line]) ->
 fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
     let row = conn
         .query_row(
-            "SELECT name, owner, oauth, updated_at FROM devices WHERE name = ?1",
+            "SELECT name, owner, oauth, updated_at, model, profile FROM devices WHERE name = ?1",
             params![name],
             |r| {
                 Ok(Device {
@@ -267,6 +269,8 @@ fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
                     owner: r.get(1)?,
                     oauth: r.get::<_, i64>(2)? != 0,
                     updated_at: r.get(3)?,
+                    model: r.get(4)?,
+                    profile: r.get(5)?,
                     lines: Vec::new(),
                 })
             },
@@ -400,9 +404,11 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let tx = c.transaction()?;
             require_owner(&tx, &d.owner)?;
+            let (profile, oauth, model) = crate::sqlite_profiles::resolve(&tx, &d)?;
             tx.execute(
-                "INSERT INTO devices (name, owner, oauth, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                params![d.name, d.owner, d.oauth as i64, d.updated_at],
+                "INSERT INTO devices (name, owner, oauth, updated_at, model, profile) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.name, d.owner, oauth as i64, d.updated_at, model, profile],
             )
             .map_err(|e| map_unique(e, format!("device {}", d.name)))?;
             insert_lines(&tx, &d.name, &d.lines)?;
@@ -451,9 +457,11 @@ impl Store for SqliteStore {
             let Some(stored) = stored else {
                 return Err(StoreError::NotFound(format!("device {}", d.name)));
             };
+            let (profile, oauth, model) = crate::sqlite_profiles::resolve(&tx, &d)?;
             tx.execute(
-                "UPDATE devices SET owner = ?2, oauth = ?3, updated_at = ?4 WHERE name = ?1",
-                params![stored, d.owner, d.oauth as i64, d.updated_at],
+                "UPDATE devices SET owner = ?2, oauth = ?3, updated_at = ?4, model = ?5, \
+                 profile = ?6 WHERE name = ?1",
+                params![stored, d.owner, oauth as i64, d.updated_at, model, profile],
             )?;
             tx.execute("DELETE FROM lines WHERE device = ?1", params![stored])?;
             insert_lines(&tx, &stored, &d.lines)?;
@@ -477,6 +485,59 @@ impl Store for SqliteStore {
         .await?;
         self.notify(Change::Device(name.to_owned()));
         Ok(())
+    }
+
+    async fn create_profile(&self, profile: &SecurityProfile) -> Result<()> {
+        let p = profile.clone();
+        self.with(move |c| crate::sqlite_profiles::create(c, &p))
+            .await?;
+        self.notify(Change::Profile(profile.name.clone()));
+        Ok(())
+    }
+
+    async fn profile(&self, name: &str) -> Result<Option<SecurityProfile>> {
+        let name = name.to_owned();
+        self.with(move |c| crate::sqlite_profiles::one(c, &name))
+            .await
+    }
+
+    async fn profiles(&self) -> Result<Vec<SecurityProfile>> {
+        self.with(|c| crate::sqlite_profiles::all(c)).await
+    }
+
+    async fn update_profile(&self, profile: &SecurityProfile) -> Result<()> {
+        let p = profile.clone();
+        let now = crate::heartbeat::unix_now();
+        self.with(move |c| crate::sqlite_profiles::update(c, &p, now))
+            .await?;
+        self.notify(Change::Profile(profile.name.clone()));
+        Ok(())
+    }
+
+    async fn delete_profile(&self, name: &str) -> Result<()> {
+        let n = name.to_owned();
+        self.with(move |c| crate::sqlite_profiles::delete(c, &n))
+            .await?;
+        self.notify(Change::Profile(name.to_owned()));
+        Ok(())
+    }
+
+    async fn set_line_display_name(
+        &self,
+        dn: &str,
+        display_name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let (dn, display) = (dn.to_owned(), display_name.map(str::to_owned));
+        let changed = self
+            .with(move |c| {
+                crate::sqlite_profiles::set_line_display_name(c, &dn, display.as_deref(), now)
+            })
+            .await?;
+        for d in &changed {
+            self.notify(Change::Device(d.clone()));
+        }
+        Ok(changed)
     }
 
     async fn upsert_node(&self, node: &Node) -> Result<()> {
@@ -1240,6 +1301,8 @@ mod tests {
                 .collect(),
             oauth: true,
             updated_at: 1,
+            model: String::new(),
+            profile: String::new(),
         }
     }
 

@@ -237,6 +237,17 @@ async fn metrics_count_successful_and_rejected_registers() {
         2,
         "{after}"
     );
+    let rejections = |body: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with("sipreg_register_rejections_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        rejections(&after) - rejections(&before),
+        2,
+        "the expired token and the unknown line:\n{after}"
+    );
     assert_eq!(delta("sipreg_challenges_total{dialect=\"rfc8898\"}"), 1);
     assert_eq!(delta("sipreg_challenges_total{dialect=\"cucm\"}"), 0);
     assert_eq!(

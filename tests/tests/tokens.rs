@@ -1,6 +1,6 @@
 //! Token service end to end: password and refresh grants, rotation, JWKS verified by PyJWT.
 
-use sipreg_e2e::{peers_required, Server};
+use sipreg_e2e::{peers_required, Register, Server, SipClient};
 
 #[tokio::test]
 async fn password_grant_then_refresh_rotates_and_the_old_refresh_token_dies() {
@@ -150,4 +150,119 @@ print(json.dumps(claims))
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         3600
     );
+}
+
+/// A REGISTER of `line` with `token` on an open connection (kept open, so its binding stays live
+/// whatever the flow-close policy); returns the status code.
+async fn register_on(c: &mut SipClient, line: &str, call_id: &str, cseq: u32, token: &str) -> u16 {
+    let msg = Register::new(line, call_id, cseq, c.local)
+        .bearer(token)
+        .header("Expires: 600")
+        .build();
+    c.request(&msg).await.unwrap().code
+}
+
+/// The users holding live bindings, as `GET /api/v1/registrations` lists them.
+async fn registered_users(s: &Server) -> Vec<String> {
+    let (status, regs) = s.api(reqwest::Method::GET, "registrations", None).await;
+    assert_eq!(status, 200, "{regs}");
+    regs.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["user"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn revoking_one_clients_tokens_ends_its_access_tokens_only_and_can_drop_bindings() {
+    let s = Server::start().await;
+    s.oauth_mode(true);
+    s.add_user_and_device("frank", "pw-frank", "CSFfrank", &["5000"], true);
+    s.add_user_and_device("gina", "pw-gina", "CSFgina", &["5001"], true);
+    let (code, o, e) = s.cli(
+        &[
+            "client",
+            "add",
+            "deskapp",
+            "--redirect-uri",
+            "https://deskapp.example/cb",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    let soft = s.password_token("frank", "pw-frank").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, t) = s
+        .token_request(&[
+            ("grant_type", "password"),
+            ("username", "frank"),
+            ("password", "pw-frank"),
+            ("client_id", "deskapp"),
+        ])
+        .await;
+    assert_eq!(status, 200, "{t}");
+    let desk = t["access_token"].as_str().unwrap().to_owned();
+    let gina = s.password_token("gina", "pw-gina").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut c = s.sip_connect().await.unwrap();
+    let mut cg = s.sip_connect().await.unwrap();
+    assert_eq!(
+        register_on(&mut c, "5000", "frank-soft", 1, &soft).await,
+        200
+    );
+    assert_eq!(
+        register_on(&mut c, "5000", "frank-desk", 1, &desk).await,
+        200
+    );
+    assert_eq!(register_on(&mut cg, "5001", "gina", 1, &gina).await, 200);
+
+    // One client's tokens: its access token fails at the next REGISTER (even one the registrar
+    // has verified and cached), the other client's keeps working, and bindings stay.
+    let (status, body) = s
+        .api(
+            reqwest::Method::POST,
+            "users/frank/revoke-tokens?client_id=deskapp",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["client_id"], "deskapp");
+    assert_eq!(body["registrations_dropped"], 0, "{body}");
+    assert_eq!(
+        register_on(&mut c, "5000", "frank-desk", 2, &desk).await,
+        401
+    );
+    assert_eq!(
+        register_on(&mut c, "5000", "frank-soft", 2, &soft).await,
+        200
+    );
+    let users = registered_users(&s).await;
+    assert!(users.iter().any(|u| u == "frank"), "{users:?}");
+
+    // The CLI with --drop-registrations: frank's bindings go at once, gina's stay.
+    let (code, o, e) = s.cli(
+        &[
+            "user",
+            "revoke-tokens",
+            "frank",
+            "--client",
+            "softphone",
+            "--drop-registrations",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{o}{e}");
+    let users = registered_users(&s).await;
+    assert!(!users.iter().any(|u| u == "frank"), "{users:?}");
+    assert!(users.iter().any(|u| u == "gina"), "{users:?}");
+    assert_eq!(
+        register_on(&mut c, "5000", "frank-soft", 3, &soft).await,
+        401
+    );
+    assert_eq!(register_on(&mut cg, "5001", "gina", 2, &gina).await, 200);
 }

@@ -33,6 +33,7 @@ pub(crate) fn encode(origin: &str, change: &Change) -> String {
         Change::Trust => ("trust", None),
         Change::Digest(n) => ("digest", Some(n)),
         Change::Issuer(n) => ("issuer", Some(n)),
+        Change::Profile(n) => ("profile", Some(n)),
         Change::Reload => ("reload", None),
     };
     match name {
@@ -63,6 +64,7 @@ pub(crate) fn decode(payload: &str) -> (&str, Change) {
         ("trust", None) => Change::Trust,
         ("digest", Some(n)) => Change::Digest(n),
         ("issuer", Some(n)) => Change::Issuer(n),
+        ("profile", Some(n)) => Change::Profile(n),
         _ => Change::Reload,
     };
     (origin, change)

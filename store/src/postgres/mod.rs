@@ -9,6 +9,7 @@
 
 mod issuers;
 mod listen;
+mod profiles;
 pub(crate) mod schema;
 mod settings;
 
@@ -23,8 +24,8 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::{
     redact_url, AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge,
-    Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SigningKey, Store,
-    StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
+    Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SecurityProfile, SigningKey,
+    Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
 /// How often every node reloads everything even without a notification (the safety net).
@@ -302,7 +303,8 @@ impl PostgresStore {
         let (devs, lines) = match one {
             Some(name) => (
                 c.query(
-                    "SELECT name, owner, oauth, updated_at FROM devices WHERE lower(name) = lower($1)",
+                    "SELECT name, owner, oauth, updated_at, model, profile FROM devices
+                     WHERE lower(name) = lower($1)",
                     &[&name],
                 )
                 .await?,
@@ -316,7 +318,7 @@ impl PostgresStore {
             ),
             None => (
                 c.query(
-                    r#"SELECT name, owner, oauth, updated_at FROM devices
+                    r#"SELECT name, owner, oauth, updated_at, model, profile FROM devices
                        ORDER BY lower(name) COLLATE "C", name COLLATE "C""#,
                     &[],
                 )
@@ -345,6 +347,8 @@ impl PostgresStore {
                     owner: r.try_get(1)?,
                     oauth: r.try_get(2)?,
                     updated_at: r.try_get(3)?,
+                    model: r.try_get(4)?,
+                    profile: r.try_get(5)?,
                 })
             })
             .collect()
@@ -504,9 +508,11 @@ impl Store for PostgresStore {
         let tx = c.transaction().await?;
         // FOR SHARE keeps the owner from being deleted until this device is in.
         require_owner(&tx, &d.owner).await?;
+        let (profile, oauth, model) = profiles::resolve(&tx, d).await?;
         tx.execute(
-            "INSERT INTO devices (name, owner, oauth, updated_at) VALUES ($1, $2, $3, $4)",
-            &[&d.name, &d.owner, &d.oauth, &d.updated_at],
+            "INSERT INTO devices (name, owner, oauth, updated_at, model, profile)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&d.name, &d.owner, &oauth, &d.updated_at, &model, &profile],
         )
         .await
         .map_err(|e| unique_as_conflict(e, format!("device {}", d.name)))?;
@@ -529,11 +535,12 @@ impl Store for PostgresStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         require_owner(&tx, &d.owner).await?;
+        let (profile, oauth, model) = profiles::resolve(&tx, d).await?;
         let Some(row) = tx
             .query_opt(
-                "UPDATE devices SET owner = $2, oauth = $3, updated_at = $4
-                 WHERE lower(name) = lower($1) RETURNING name",
-                &[&d.name, &d.owner, &d.oauth, &d.updated_at],
+                "UPDATE devices SET owner = $2, oauth = $3, updated_at = $4, model = $5,
+                 profile = $6 WHERE lower(name) = lower($1) RETURNING name",
+                &[&d.name, &d.owner, &oauth, &d.updated_at, &model, &profile],
             )
             .await?
         else {
@@ -560,6 +567,36 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound(format!("device {name}")));
         }
         self.commit(tx, Change::Device(name.to_owned())).await
+    }
+
+    async fn create_profile(&self, profile: &SecurityProfile) -> Result<()> {
+        self.pg_create_profile(profile).await
+    }
+
+    async fn profile(&self, name: &str) -> Result<Option<SecurityProfile>> {
+        self.pg_profile(name).await
+    }
+
+    async fn profiles(&self) -> Result<Vec<SecurityProfile>> {
+        self.pg_profiles().await
+    }
+
+    async fn update_profile(&self, profile: &SecurityProfile) -> Result<()> {
+        self.pg_update_profile(profile, crate::heartbeat::unix_now())
+            .await
+    }
+
+    async fn delete_profile(&self, name: &str) -> Result<()> {
+        self.pg_delete_profile(name).await
+    }
+
+    async fn set_line_display_name(
+        &self,
+        dn: &str,
+        display_name: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        self.pg_set_line_display_name(dn, display_name, now).await
     }
 
     async fn upsert_node(&self, node: &Node) -> Result<()> {
