@@ -13,7 +13,7 @@ use sipreg_registrar::{
     process, Authenticators, BearerError, BearerValidator, ConnectionFacts, DigestAuth, Location,
     PortKind, Registrar, RegistrarConfig, Request, StreamFramer, TokenIdentity,
 };
-use sipreg_store::{Device, Directory, Line, Node, SqliteStore, Store, User};
+use sipreg_store::{Device, Directory, Line, Node, RefreshToken, SqliteStore, Store, User};
 use sipreg_tokensvc::{AccessTokenValidator, KeyRing, TokenConfig, TokenService};
 
 const NOW: i64 = 1_800_000_000;
@@ -57,6 +57,8 @@ fn world() -> World {
                     .collect(),
                 oauth: true,
                 updated_at: NOW,
+                model: String::new(),
+                profile: String::new(),
             })
             .await
             .unwrap();
@@ -340,12 +342,67 @@ fn config_render(c: &mut Criterion) {
     g.finish();
 }
 
+/// The store half of a refresh grant on SQLite (`use_refresh_token`, then
+/// `insert_refresh_token` of its successor) with 20,000 tokens already stored, as after a
+/// provisioning run: the cost that grows with the table.
+fn refresh_store(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("sipreg.db")).unwrap();
+    let record = |i: u64| RefreshToken {
+        hash: format!("{i:064x}"),
+        user_id: "bench".into(),
+        client_id: "jabber".into(),
+        scope: "sip:register".into(),
+        issued_at: NOW,
+        expires_at: NOW + 86_400,
+        family: format!("family{}", i % 16),
+    };
+    let mut next = 0u64;
+    rt.block_on(async {
+        store
+            .create_user(&User {
+                id: "bench".into(),
+                password_hash: String::new(),
+                created_at: NOW,
+            })
+            .await
+            .unwrap();
+        while next < 20_000 {
+            store.insert_refresh_token(&record(next)).await.unwrap();
+            next += 1;
+        }
+    });
+    let mut used = 0u64;
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sqlite_refresh_rotate_20k_stored", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let got = store
+                    .use_refresh_token(&format!("{used:064x}"), NOW)
+                    .await
+                    .unwrap();
+                black_box(got);
+                store.insert_refresh_token(&record(next)).await.unwrap();
+            });
+            used += 1;
+            next += 1;
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     framer,
     parsing,
     tokens,
     register_core,
-    config_render
+    config_render,
+    refresh_store
 );
 criterion_main!(benches);

@@ -122,6 +122,24 @@ impl Default for RegistrarConfig {
     }
 }
 
+/// Slack between the longest registration and the idle timeout: a client refreshing at the
+/// very end of its interval keeps its connection.
+const IDLE_SLACK: Duration = Duration::from_secs(300);
+
+impl RegistrarConfig {
+    /// How long a connection may idle: the configured `idle_timeout`, but never less than the
+    /// cluster's live `max_expires` plus 300 s, so raising `max_expires` (up to 86400) does not
+    /// close the connections of clients that only refresh their registration.
+    pub fn idle_timeout_for(&self, dir: &sipreg_store::DirectorySnapshot) -> Duration {
+        let max_expires = dir
+            .cluster
+            .map(|c| c.max_expires)
+            .unwrap_or(self.max_expires);
+        self.idle_timeout
+            .max(Duration::from_secs(u64::from(max_expires)) + IDLE_SLACK)
+    }
+}
+
 impl RegistrarConfig {
     /// Whether `host` is one of our domains (always, when `domains` is empty).
     pub fn serves(&self, host: &str) -> bool {
@@ -131,5 +149,32 @@ impl RegistrarConfig {
                 .domains
                 .iter()
                 .any(|d| d.trim_matches(['[', ']']).eq_ignore_ascii_case(host))
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use sipreg_store::{ClusterSettings, DirectorySnapshot};
+
+    #[test]
+    fn the_idle_timeout_follows_a_raised_max_expires() {
+        let cfg = RegistrarConfig::default();
+        let mut dir = DirectorySnapshot::default();
+        assert_eq!(cfg.idle_timeout_for(&dir), Duration::from_secs(3900));
+        dir.cluster = Some(ClusterSettings {
+            max_expires: 86400,
+            ..ClusterSettings::default()
+        });
+        assert_eq!(cfg.idle_timeout_for(&dir), Duration::from_secs(86700));
+        dir.cluster = Some(ClusterSettings {
+            max_expires: 600,
+            ..ClusterSettings::default()
+        });
+        assert_eq!(
+            cfg.idle_timeout_for(&dir),
+            Duration::from_secs(3900),
+            "never below the configured value"
+        );
     }
 }

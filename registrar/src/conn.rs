@@ -72,10 +72,23 @@ pub(crate) async fn accept_loop(
     port: PortKind,
     cancel: CancellationToken,
 ) {
+    accept_loop_until(listener, registrar, kind, port, cancel.clone(), cancel).await
+}
+
+/// Accepts until `stop` fires, then closes the listening socket but serves the connections
+/// already accepted until they end or `cancel` fires (a port moved live keeps its clients).
+pub(crate) async fn accept_loop_until(
+    listener: TcpListener,
+    registrar: Arc<Registrar>,
+    kind: StreamKind,
+    port: PortKind,
+    stop: CancellationToken,
+    cancel: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     // Refused: dropping the socket closes it; the gate counted and logged it.
@@ -94,6 +107,11 @@ pub(crate) async fn accept_loop(
         }
     }
     drop(listener);
+    // Only accepting stopped: the connections run on until they end or are cancelled too.
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = async { while connections.join_next().await.is_some() {} } => {}
+    }
     // Connections saw the cancellation; give them a moment to clean up, then abort the rest.
     let _ = timeout(DRAIN_TIMEOUT, async {
         while connections.join_next().await.is_some() {}
@@ -253,7 +271,8 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let deadline = match partial_since {
             Some(t) => t + cfg.header_timeout,
-            None => Instant::now() + cfg.idle_timeout,
+            // Read per wait from the live snapshot: max_expires is a cluster setting.
+            None => Instant::now() + cfg.idle_timeout_for(&registrar.directory.snapshot()),
         };
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

@@ -11,18 +11,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{accept_loop, StreamKind, DRAIN_TIMEOUT};
+use crate::conn::{accept_loop_until, StreamKind, DRAIN_TIMEOUT};
 use crate::framer::frame_datagram;
 use crate::limits::Limit;
 use crate::location::Transport;
 use crate::message::Via;
 use crate::register::{ConnectionFacts, PortKind};
 use crate::registrar::Registrar;
+use crate::slot::{ListenerSlot, Slot};
 
 /// Largest UDP datagram we read (the IPv4 maximum payload).
 const MAX_DATAGRAM: usize = 65_535;
@@ -38,12 +39,14 @@ pub struct LegacyAddrs {
     pub tls: Option<SocketAddr>,
 }
 
-/// Why the legacy listeners could not start.
+/// Why a legacy listener could not open or move.
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
     /// Binding a socket failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({transport}): {source}")]
     Bind {
+        /// `udp`, `tcp` or `tls`.
+        transport: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The error.
@@ -54,118 +57,151 @@ pub enum LegacyError {
     NoTlsConfig(SocketAddr),
 }
 
-/// The running legacy listeners; [`shutdown`](Self::shutdown) (or drop) stops them.
+impl LegacyError {
+    /// `udp`, `tcp` or `tls`: the listener that failed.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            LegacyError::Bind { transport, .. } => transport,
+            LegacyError::NoTlsConfig(_) => "tls",
+        }
+    }
+}
+
+/// The legacy listeners, each a movable slot: [`set`](Self::set) opens, moves or closes each to
+/// match a [`LegacyAddrs`], binding a new port before the old one closes (a failed move keeps the
+/// old port serving). A moved TCP or TLS port stops accepting while the connections it already
+/// has stay until they leave; [`shutdown`](Self::shutdown) (or drop) closes everything.
 pub struct LegacyListeners {
-    udp: Option<SocketAddr>,
-    tcp: Option<SocketAddr>,
-    tls: Option<SocketAddr>,
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    registrar: Arc<Registrar>,
+    tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    udp: Slot<UdpSocket>,
+    tcp: ListenerSlot,
+    tls: ListenerSlot,
 }
 
 impl std::fmt::Debug for LegacyListeners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LegacyListeners")
-            .field("udp", &self.udp)
-            .field("tcp", &self.tcp)
-            .field("tls", &self.tls)
+            .field("udp", &self.udp_addr())
+            .field("tcp", &self.tcp_addr())
+            .field("tls", &self.tls_addr())
             .finish_non_exhaustive()
     }
 }
 
 impl LegacyListeners {
-    /// Binds every configured port (all or none) and starts serving. `tls` is the live TLS
+    /// Legacy listeners that listen nowhere yet; call [`set`](Self::set). `tls` is the live TLS
     /// config of the secure legacy port (a swap applies to the next handshake).
+    pub fn new(
+        registrar: Arc<Registrar>,
+        tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    ) -> LegacyListeners {
+        LegacyListeners {
+            registrar,
+            tls_config: tls,
+            udp: Slot::new("sip legacy udp"),
+            tcp: ListenerSlot::new("sip legacy tcp"),
+            tls: ListenerSlot::new("sip legacy tls"),
+        }
+    }
+
+    /// Binds every configured port (all or none) and starts serving.
     pub async fn start(
         registrar: Arc<Registrar>,
         addrs: &LegacyAddrs,
         tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     ) -> Result<LegacyListeners, LegacyError> {
-        let bind_err = |addr| move |source| LegacyError::Bind { addr, source };
-        let udp = match addrs.udp {
-            Some(a) => Some(UdpSocket::bind(a).await.map_err(bind_err(a))?),
-            None => None,
-        };
-        let tcp = match addrs.tcp {
-            Some(a) => Some(TcpListener::bind(a).await.map_err(bind_err(a))?),
-            None => None,
-        };
-        let tls_listener = match (addrs.tls, &tls) {
-            (Some(a), Some(_)) => Some(TcpListener::bind(a).await.map_err(bind_err(a))?),
-            (Some(a), None) => return Err(LegacyError::NoTlsConfig(a)),
-            (None, _) => None,
-        };
-        let local = |r: io::Result<SocketAddr>, a: SocketAddr| r.map_err(bind_err(a));
-        let cancel = CancellationToken::new();
-        let mut out = LegacyListeners {
-            udp: None,
-            tcp: None,
-            tls: None,
-            cancel: cancel.clone(),
-            tasks: Vec::new(),
-        };
-        if let (Some(sock), Some(a)) = (udp, addrs.udp) {
-            out.udp = Some(local(sock.local_addr(), a)?);
-            out.tasks.push(tokio::spawn(udp_loop(
-                Arc::new(sock),
-                registrar.clone(),
-                cancel.child_token(),
-            )));
-        }
-        if let (Some(l), Some(a)) = (tcp, addrs.tcp) {
-            out.tcp = Some(local(l.local_addr(), a)?);
-            out.tasks.push(tokio::spawn(accept_loop(
-                l,
-                registrar.clone(),
-                StreamKind::Tcp,
-                PortKind::Legacy,
-                cancel.child_token(),
-            )));
-        }
-        if let (Some(l), Some(a), Some(cfg)) = (tls_listener, addrs.tls, tls) {
-            out.tls = Some(local(l.local_addr(), a)?);
-            out.tasks.push(tokio::spawn(accept_loop(
-                l,
-                registrar.clone(),
-                StreamKind::Tls(cfg),
-                PortKind::Legacy,
-                cancel.child_token(),
-            )));
-        }
-        tracing::info!(udp = ?out.udp, tcp = ?out.tcp, tls = ?out.tls, "legacy sip listeners open");
+        let out = LegacyListeners::new(registrar, tls);
+        // On an error `out` drops here, closing what did open.
+        out.set(addrs).await?;
         Ok(out)
+    }
+
+    /// Opens, moves or closes each listener to match `addrs` (`None` closes one; an unchanged
+    /// address is a no-op). Stops at the first failure, which leaves that listener where it was.
+    pub async fn set(&self, addrs: &LegacyAddrs) -> Result<(), LegacyError> {
+        if let (Some(a), None) = (addrs.tls, &self.tls_config) {
+            return Err(LegacyError::NoTlsConfig(a));
+        }
+        let bind_err = |transport, addr: Option<SocketAddr>| {
+            move |source| LegacyError::Bind {
+                transport,
+                addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            }
+        };
+        let registrar = self.registrar.clone();
+        self.udp
+            .set(addrs.udp, move |sock, cancel| {
+                tokio::spawn(udp_loop(Arc::new(sock), registrar, cancel))
+            })
+            .await
+            .map_err(bind_err("udp", addrs.udp))?;
+        let registrar = self.registrar.clone();
+        self.tcp
+            .set_keeping(addrs.tcp, move |l, stop, cancel| {
+                tokio::spawn(accept_loop_until(
+                    l,
+                    registrar,
+                    StreamKind::Tcp,
+                    PortKind::Legacy,
+                    stop,
+                    cancel,
+                ))
+            })
+            .await
+            .map_err(bind_err("tcp", addrs.tcp))?;
+        let registrar = self.registrar.clone();
+        let cfg = self.tls_config.clone();
+        self.tls
+            .set_keeping(addrs.tls, move |l, stop, cancel| match cfg {
+                Some(cfg) => tokio::spawn(accept_loop_until(
+                    l,
+                    registrar,
+                    StreamKind::Tls(cfg),
+                    PortKind::Legacy,
+                    stop,
+                    cancel,
+                )),
+                // Unreachable (checked above); an idle task keeps the types simple.
+                None => tokio::spawn(async move {
+                    drop(l);
+                }),
+            })
+            .await
+            .map_err(bind_err("tls", addrs.tls))?;
+        tracing::debug!(udp = ?self.udp_addr(), tcp = ?self.tcp_addr(), tls = ?self.tls_addr(), "legacy sip listeners set");
+        Ok(())
     }
 
     /// The UDP address actually bound (resolves port 0).
     pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.udp
+        self.udp.local_addr()
     }
 
     /// The TCP address actually bound.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp
+        self.tcp.local_addr()
     }
 
     /// The TLS address actually bound.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls
+        self.tls.local_addr()
     }
 
     /// Closes every legacy socket and connection and waits for the tasks.
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        for t in self.tasks.drain(..) {
-            if let Err(e) = t.await {
-                tracing::warn!(error = %e, "legacy listener ended abnormally");
-            }
-        }
+    pub async fn shutdown(&self) {
+        // Closing cannot fail: no socket is bound.
+        let _ = self.set(&LegacyAddrs::default()).await;
         tracing::info!("legacy sip listeners closed");
     }
 }
 
 impl Drop for LegacyListeners {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        self.udp.cancel_now();
+        self.tcp.cancel_now();
+        self.tls.cancel_now();
     }
 }
 

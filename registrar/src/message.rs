@@ -597,8 +597,7 @@ pub(crate) fn uri_key(uri: &rsip::Uri, raw: &str) -> String {
 /// text) and its body. The header text is the head as sent (one copy, no allocation per
 /// header); a folded header's unfolded value is appended after it.
 fn split(bytes: &[u8]) -> Result<(&str, String, Vec<Header>, Vec<u8>), MessageError> {
-    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n");
-    let (head, body) = match head_end {
+    let (head, body) = match head_end(bytes) {
         Some(i) => (&bytes[..i], bytes[i + 4..].to_vec()),
         None => (bytes.strip_suffix(b"\r\n").unwrap_or(bytes), Vec::new()),
     };
@@ -607,14 +606,14 @@ fn split(bytes: &[u8]) -> Result<(&str, String, Vec<Header>, Vec<u8>), MessageEr
         Some((line, rest)) => (line, Some(rest)),
         None => (head, None),
     };
-    let mut text = String::with_capacity(rest.map_or(0, str::len) + 64);
+    // Exact size: it grows only when a folded line is joined.
+    let mut text = String::with_capacity(rest.map_or(0, str::len));
     text.push_str(rest.unwrap_or(""));
     // Unfold (RFC 3261 §7.3.1): a line starting with SP/HT continues the previous one. Each
     // logical line is a span of `text`; only a folded one is copied, joined, to the end.
     let mut lines: Vec<Span> = Vec::with_capacity(16);
-    let mut folded_any = false;
     let mut offset = 0;
-    for l in rest.into_iter().flat_map(|r| r.split("\r\n")) {
+    for l in rest.into_iter().flat_map(crlf_lines) {
         let at = offset;
         offset += l.len() + 2;
         if l.starts_with([' ', '\t']) {
@@ -628,13 +627,9 @@ fn split(bytes: &[u8]) -> Result<(&str, String, Vec<Header>, Vec<u8>), MessageEr
             text.push(' ');
             text.push_str(l.trim_start());
             *prev = Span::of(start, text.len() - start);
-            folded_any = true;
         } else {
             lines.push(Span::of(at, l.len()));
         }
-    }
-    if !folded_any {
-        text.shrink_to_fit();
     }
     let mut headers = Vec::with_capacity(lines.len() + 4);
     for l in lines {
@@ -669,6 +664,43 @@ fn split(bytes: &[u8]) -> Result<(&str, String, Vec<Header>, Vec<u8>), MessageEr
         });
     }
     Ok((line, text, headers, body))
+}
+
+/// Where the head ends (the first CRLFCRLF). Scans for LF with the library's memchr, then looks
+/// back, instead of comparing a 4-byte window at every position.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut from = 3;
+    while from < bytes.len() {
+        let lf = from + bytes[from..].iter().position(|&b| b == b'\n')?;
+        if lf >= 3 && &bytes[lf - 3..lf] == b"\r\n\r" {
+            return Some(lf - 3);
+        }
+        from = lf + 1;
+    }
+    None
+}
+
+/// The lines of `s` split on CRLF (a bare LF stays inside its line), like `s.split("\r\n")`.
+fn crlf_lines(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let mut from = 0;
+        loop {
+            match r[from..].find('\n') {
+                Some(i) if from + i > 0 && r.as_bytes()[from + i - 1] == b'\r' => {
+                    let lf = from + i;
+                    rest = Some(&r[lf + 1..]);
+                    return Some(&r[..lf - 1]);
+                }
+                Some(i) => from += i + 1,
+                None => {
+                    rest = None;
+                    return Some(r);
+                }
+            }
+        }
+    })
 }
 
 fn request_line(line: &str) -> Result<(String, String), MessageError> {
@@ -776,17 +808,18 @@ fn is_list_header(name: &str) -> bool {
 fn split_list(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut quoted, mut angle, mut escaped, mut start) = (false, false, false, 0);
-    for (i, c) in value.char_indices() {
+    // Bytes, not chars: every delimiter is ASCII, and UTF-8 continuation bytes never match one.
+    for (i, &c) in value.as_bytes().iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
         match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
                 out.push(value[start..i].trim());
                 start = i + 1;
             }
@@ -1129,6 +1162,31 @@ k: path, outbound\r\ni: c\r\n\r\n",
         assert!(Request::parse(b"R sip:a SIP/2.0\r\n two\r\n\r\n").is_err());
         let bare = Request::parse(b"OPTIONS sip:a SIP/2.0\r\n\r\n").unwrap();
         assert_eq!(bare.headers().count(), 0);
+    }
+
+    #[test]
+    fn line_and_head_scanners_match_the_plain_splits() {
+        for s in [
+            "",
+            "a",
+            "a\r\nb",
+            "a\nb\r\n",
+            "\r\n",
+            "a\r\n\r\nb",
+            "x\r\r\ny",
+        ] {
+            assert_eq!(
+                crlf_lines(s).collect::<Vec<_>>(),
+                s.split("\r\n").collect::<Vec<_>>(),
+                "{s:?}"
+            );
+            let b = s.as_bytes();
+            assert_eq!(
+                head_end(b),
+                b.windows(4).position(|w| w == b"\r\n\r\n"),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

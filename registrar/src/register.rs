@@ -118,6 +118,14 @@ impl Response {
         }
         self
     }
+
+    /// Adds the device the refused request was found to come from.
+    fn of_device(mut self, device: &str) -> Response {
+        if let Some(r) = &mut self.rejection {
+            r.device = Some(device.to_owned());
+        }
+        self
+    }
 }
 
 fn done(b: ResponseBuilder<'_>) -> Response {
@@ -313,6 +321,15 @@ fn register(
         Ok(w) => w,
         Err(r) => return r,
     };
+    // Legacy ports: the device's security profile must allow Digest, over this transport.
+    if conn.port == PortKind::Legacy {
+        if let Some((check, why)) = digest_profile_check(dir, &who.device, conn.transport) {
+            return forbidden(req, cfg, "Forbidden", &why)
+                .rejected(check)
+                .of_user(&who.user)
+                .of_device(&who.device.name);
+        }
+    }
     let refuse = |r: Response, check| {
         let mut r = r.rejected(check).of_user(&who.user);
         if let Some(rej) = &mut r.rejection {
@@ -546,9 +563,24 @@ fn bearer_step(
             device,
             user: identity.user,
         }),
-        Err(Denial::PortMismatch) => Err(port_mismatch(req, cfg)
-            .rejected("profile_no_oauth")
-            .of_user(&identity.user)),
+        Err(Denial::PortMismatch(device)) => {
+            // Unified CM's documented Warning first (clients match it), then one naming the
+            // profile for the operator.
+            let why = format!(
+                "security profile \"{}\" of device {} has OAuth off",
+                device.profile, device.name
+            );
+            let r = done(
+                response(req, 403, "Forbidden")
+                    .header("Retry-After", PORT_MISMATCH_RETRY_AFTER.to_string())
+                    .header("Warning", warning(cfg, PORT_MISMATCH))
+                    .header("Warning", warning(cfg, &why)),
+            );
+            Err(r
+                .rejected("profile_no_oauth")
+                .of_user(&identity.user)
+                .of_device(&device.name))
+        }
         Err(Denial::Forbidden(check, why)) => Err(forbidden(req, cfg, "Forbidden", &why)
             .rejected(check)
             .of_user(&identity.user)),
@@ -659,10 +691,48 @@ fn digest_step(
     })
 }
 
+/// Whether the device's security profile refuses Digest (at all, or over `transport`): the check
+/// name and the Warning text naming the profile. A device whose profile is not in the snapshot
+/// (a store without profiles) is not restricted.
+fn digest_profile_check(
+    dir: &DirectorySnapshot,
+    device: &Device,
+    transport: Transport,
+) -> Option<(&'static str, String)> {
+    let profile = dir.profile(&device.profile)?;
+    if !profile.digest {
+        return Some((
+            "profile_no_digest",
+            format!(
+                "security profile \"{}\" of device {} does not allow Digest",
+                profile.name, device.name
+            ),
+        ));
+    }
+    let t = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    };
+    if !profile.transport.allows(t) {
+        return Some((
+            "profile_transport",
+            format!(
+                "security profile \"{}\" of device {} allows Digest over {} only, not {}",
+                profile.name,
+                device.name,
+                profile.transport.as_str(),
+                t
+            ),
+        ));
+    }
+    None
+}
+
 /// Why step 4 refused.
 enum Denial {
-    /// The device (or cluster) has OAuth off: Unified CM's port-mismatch 403.
-    PortMismatch,
+    /// The device's security profile has OAuth off: Unified CM's port-mismatch 403.
+    PortMismatch(Arc<Device>),
     /// Not allowed: the check that failed, and the text for the Warning.
     Forbidden(&'static str, String),
 }
@@ -701,10 +771,15 @@ fn authorize(
                     format!("User {} has no device with line {dn}", id.user),
                 ));
             }
-            candidates
-                .find(|d| d.oauth)
-                .cloned()
-                .ok_or(Denial::PortMismatch)
+            let first = candidates.peek().map(|d| Arc::clone(d));
+            match (candidates.find(|d| d.oauth), first) {
+                (Some(d), _) => Ok(d.clone()),
+                (None, Some(first)) => Err(Denial::PortMismatch(first)),
+                (None, None) => Err(Denial::Forbidden(
+                    "line_not_on_device",
+                    format!("User {} has no device with line {dn}", id.user),
+                )),
+            }
         }
         [name] => {
             let device = dir.device(name).ok_or_else(|| {
@@ -723,7 +798,7 @@ fn authorize(
                 ));
             }
             if !device.oauth {
-                return Err(Denial::PortMismatch);
+                return Err(Denial::PortMismatch(device.clone()));
             }
             Ok(device.clone())
         }
@@ -906,6 +981,8 @@ mod tests {
                     .collect(),
                 oauth,
                 updated_at: 0,
+                model: String::new(),
+                profile: String::new(),
             };
             store
                 .create_device(&dev("CSFalice", "alice", &["1010"], true))
@@ -923,7 +1000,33 @@ mod tests {
                 .create_device(&dev("SEPlegacy", "bob", &["3030"], false))
                 .await
                 .unwrap();
-            for (device, user) in [("SEPlegacy", "3030"), ("CSFalice", "alice-csf")] {
+            // Profiles restricting Digest: not at all, and TLS only.
+            for (name, digest) in [("No Digest", false), ("TLS Digest", true)] {
+                store
+                    .create_profile(&sipreg_store::SecurityProfile {
+                        name: name.into(),
+                        description: String::new(),
+                        oauth: false,
+                        digest,
+                        transport: sipreg_store::ProfileTransport::Tls,
+                    })
+                    .await
+                    .unwrap();
+            }
+            for (name, dn, profile) in [
+                ("SEPnodigest", "3031", "No Digest"),
+                ("SEPtls", "3032", "TLS Digest"),
+            ] {
+                let mut d = dev(name, "bob", &[dn], false);
+                d.profile = profile.into();
+                store.create_device(&d).await.unwrap();
+            }
+            for (device, user) in [
+                ("SEPlegacy", "3030"),
+                ("CSFalice", "alice-csf"),
+                ("SEPnodigest", "3031"),
+                ("SEPtls", "3032"),
+            ] {
                 let cred = DigestCredential {
                     username: user.into(),
                     realm: "ccmsipline".into(),
@@ -1510,6 +1613,29 @@ CSeq: {cseq} REGISTER\r\n{extra}Content-Length: 0\r\n\r\n"
 uri=\"sip:example.com\", response=\"{resp}\", algorithm={}, qop=auth, nc={nc:08x}, cnonce=\"abc\"\r\n",
             alg.as_str()
         )
+    }
+
+    #[test]
+    fn legacy_digest_is_refused_when_the_profile_disallows_it_or_the_transport() {
+        let h = legacy();
+        for (dn, text) in [
+            ("3031", "does not allow Digest"),
+            ("3032", "allows Digest over tls only, not udp"),
+        ] {
+            let c = reg(&h, dn, 1, "Contact: <sip:x@10.0.0.1:5000>\r\n");
+            assert_eq!(c.status, 401);
+            let auth = digest_answer(&c, dn, "pw", Algorithm::Sha256, 2);
+            let r = reg(
+                &h,
+                dn,
+                2,
+                &format!("{auth}Contact: <sip:x@10.0.0.1:5000>\r\n"),
+            );
+            assert_eq!(r.status, 403, "{}", r.text);
+            let w = r.header("Warning").unwrap_or_default();
+            assert!(w.contains(text) && w.contains("security profile"), "{w}");
+            assert!(h.loc.bindings(&format!("{dn}@example.com"), NOW).is_empty());
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ async fn registrar(cfg: RegistrarConfig) -> (Arc<Registrar>, tempfile::TempDir) 
             }],
             oauth: false,
             updated_at: 0,
+            model: String::new(),
+            profile: String::new(),
         })
         .await
         .unwrap();

@@ -84,6 +84,8 @@ async fn bindings_come_back_after_a_restart_with_less_time_left() {
                 }],
                 oauth: true,
                 updated_at: 0,
+                model: String::new(),
+                profile: String::new(),
             })
             .await
             .unwrap();

@@ -105,6 +105,8 @@ async fn tls_register_challenge_success_swap_and_close() {
             }],
             oauth: true,
             updated_at: 0,
+            model: String::new(),
+            profile: String::new(),
         })
         .await
         .unwrap();

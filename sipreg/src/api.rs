@@ -76,6 +76,8 @@ pub fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(list_devices, create_device))
         .routes(routes!(get_device, delete_device, patch_device))
         .merge(crate::api_cluster::router())
+        .merge(crate::api_profiles::router())
+        .merge(crate::api_lines::router())
         .merge(crate::api_nodes::router())
         .merge(crate::api_edges::router())
         .merge(crate::api_issuers::router())
@@ -365,8 +367,13 @@ struct NewDevice {
     name: String,
     owner: String,
     lines: Vec<LineIn>,
-    #[serde(default)]
-    oauth: bool,
+    /// Older clients: without `profile`, picks the default OAuth or non-OAuth profile; with
+    /// `profile`, must agree with the profile's `oauth` if given.
+    oauth: Option<bool>,
+    /// The device model; default "Cisco Unified Client Services Framework".
+    model: Option<String>,
+    /// The security profile's name; it must exist.
+    profile: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = NewDevice, responses((status = 201, description = "Created", body = Device)))]
@@ -378,15 +385,21 @@ async fn create_device(
     valid_id("name", &body.name, 64, &['_', '-', '.'])?;
     valid_id("owner", &body.owner, 64, &['.', '_', '-', '@'])?;
     let lines = parse_lines(body.lines)?;
+    let model = crate::api_profiles::valid_model(body.model)?;
+    let profile = crate::api_profiles::device_profile(&s, body.profile, body.oauth, None).await?;
     let device = Device {
         name: body.name,
         owner: body.owner,
         lines,
-        oauth: body.oauth,
+        oauth: body.oauth.unwrap_or(false),
         updated_at: crate::now(),
+        model: model.unwrap_or_default(),
+        profile,
     };
     s.store.create_device(&device).await?;
     s.live.apply().await?;
+    // The stored device: defaults filled in, `oauth` from its profile.
+    let device = s.store.device(&device.name).await?.unwrap_or(device);
     audit(
         &s,
         &actor,
@@ -435,7 +448,13 @@ fn parse_lines(input: Vec<LineIn>) -> Result<Vec<Line>, Problem> {
 struct DevicePatch {
     owner: Option<String>,
     lines: Option<Vec<LineIn>>,
+    /// Older clients: switches to the default OAuth or non-OAuth profile unless the device's
+    /// profile already says so (or `profile` is given, which it must then agree with).
     oauth: Option<bool>,
+    /// The device model.
+    model: Option<String>,
+    /// The security profile's name; it must exist.
+    profile: Option<String>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/devices/{name}", tag = "devices",
@@ -463,12 +482,21 @@ async fn patch_device(
     if let Some(lines) = body.lines {
         after.lines = parse_lines(lines)?;
     }
+    if let Some(model) = crate::api_profiles::valid_model(body.model)? {
+        after.model = model;
+    }
+    if body.profile.is_some() || body.oauth.is_some() {
+        after.profile =
+            crate::api_profiles::device_profile(&s, body.profile, body.oauth, Some(&before))
+                .await?;
+    }
     if let Some(oauth) = body.oauth {
         after.oauth = oauth;
     }
     after.updated_at = crate::now();
     s.store.update_device(&after).await?;
     s.live.apply().await?;
+    let after = s.store.device(&after.name).await?.unwrap_or(after);
     audit(
         &s,
         &actor,

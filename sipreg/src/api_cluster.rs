@@ -77,7 +77,7 @@ async fn get_cluster(State(s): State<ApiState>) -> Result<Response, Problem> {
     Ok(with_etag(s.store.cluster_settings().await?))
 }
 
-#[utoipa::path(patch, path = "/api/v1/cluster", tag = "cluster", params(("If-Match" = Option<String>, Header, description = "ETag from a GET")), request_body = ClusterPatch, responses((status = 200, description = "Applied on every node before the next request", body = ClusterSettings), (status = 422, description = "A value is out of its range; `field` names it", body = Problem)))]
+#[utoipa::path(patch, path = "/api/v1/cluster", tag = "cluster", params(("If-Match" = Option<String>, Header, description = "ETag from a GET")), request_body = ClusterPatch, responses((status = 200, description = "Applied on every node before the next request", body = ClusterSettings), (status = 422, description = "A value is out of its range; `field` names it", body = Problem, content_type = "application/problem+json")))]
 async fn patch_cluster(
     State(s): State<ApiState>,
     Extension(actor): Extension<Actor>,

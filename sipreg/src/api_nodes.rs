@@ -138,15 +138,13 @@ async fn patch_node(
         s.live.apply().await?;
         return Err(problem);
     }
-    if this_node && (new.sip_port != old.sip_port || new.secured_sip_port != old.secured_sip_port) {
-        tracing::warn!(node = %name, sip_port = new.sip_port, secured_sip_port = new.secured_sip_port,
-            "legacy ports recorded and advertised; the legacy listeners move when `listen.sip_port`/`listen.secured_sip_port` change and the node restarts");
-    }
-    tracing::info!(node = %name, sip_oauth_port = new.sip_oauth_port, "node ports changed");
+    tracing::info!(node = %name, sip_oauth_port = new.sip_oauth_port, sip_mra_oauth_port = new.sip_mra_oauth_port,
+        sip_port = new.sip_port, secured_sip_port = new.secured_sip_port, "node ports changed");
     Ok(Json(new))
 }
 
-/// The config key of the listener each node port field sets (legacy ones are in `reserved`).
+/// The config key of the listener each node port field sets (the legacy ones are among the
+/// ports [`crate::live::Live::reserved_by_other`] knows, at the port they hold now).
 fn own_key(field: &str) -> &'static str {
     match field {
         "sip_port" => "listen.sip_port",
@@ -174,6 +172,24 @@ fn check_ports(s: &ApiState, old: &Node, new: &Node) -> Result<(), Problem> {
             new.secured_sip_port,
         ),
     ];
+    // Legacy TCP and TLS cannot share a port (UDP may share one with TLS).
+    if s.live.legacy_tcp_and_tls()
+        && new.sip_port == new.secured_sip_port
+        && (new.sip_port != old.sip_port || new.secured_sip_port != old.secured_sip_port)
+    {
+        let field = if new.sip_port != old.sip_port {
+            "sip_port"
+        } else {
+            "secured_sip_port"
+        };
+        return Err(Problem::port_unavailable(
+            field,
+            format!(
+                "sip_port and secured_sip_port are both {}; give each its own port",
+                new.sip_port
+            ),
+        ));
+    }
     for (field, before, port) in fields {
         if port == before {
             continue;

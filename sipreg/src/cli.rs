@@ -91,9 +91,15 @@ pub enum DeviceAction {
         /// A directory number; repeat for more lines.
         #[arg(long = "line", required = true)]
         lines: Vec<String>,
-        /// The device's security profile enables OAuth.
+        /// Without --profile: use the default OAuth security profile.
         #[arg(long)]
         oauth: bool,
+        /// The device model (default "Cisco Unified Client Services Framework").
+        #[arg(long)]
+        model: Option<String>,
+        /// The security profile's name (see `sipreg profile list`).
+        #[arg(long, conflicts_with = "oauth")]
+        profile: Option<String>,
     },
     /// Set the device's Digest credential for the legacy ports; the password is read from stdin.
     Digest {
@@ -116,9 +122,16 @@ pub enum DeviceAction {
         /// Replace the lines (repeat for more).
         #[arg(long = "line")]
         lines: Vec<String>,
-        /// Whether the security profile enables OAuth.
+        /// Switch to the default OAuth (true) or non-OAuth (false) security profile, unless the
+        /// device's profile already says so.
         #[arg(long)]
         oauth: Option<bool>,
+        /// New device model.
+        #[arg(long)]
+        model: Option<String>,
+        /// New security profile (by name).
+        #[arg(long, conflicts_with = "oauth")]
+        profile: Option<String>,
     },
     /// List devices.
     List,
@@ -360,9 +373,19 @@ pub async fn device(data_dir: &Path, a: ApiArgs, action: DeviceAction) -> ExitCo
                     owner,
                     lines,
                     oauth,
+                    model,
+                    profile,
                 } => {
-                    let body =
-                        json!({"name": name, "owner": owner, "lines": lines, "oauth": oauth});
+                    let mut body = json!({"name": name, "owner": owner, "lines": lines});
+                    if oauth {
+                        body["oauth"] = json!(true);
+                    }
+                    if let Some(m) = model {
+                        body["model"] = json!(m);
+                    }
+                    if let Some(p) = profile {
+                        body["profile"] = json!(p);
+                    }
                     let v = c.call(reqwest::Method::POST, "devices", Some(body)).await?;
                     c.print(&v, |_| println!("device {name} added"));
                 }
@@ -384,7 +407,7 @@ pub async fn device(data_dir: &Path, a: ApiArgs, action: DeviceAction) -> ExitCo
                     c.print(&v, |v| println!("device {name}: Digest user {} in realm {}", v["username"].as_str().unwrap_or(""), v["realm"].as_str().unwrap_or("")));
                 }
             }
-            DeviceAction::Set { name, owner, lines, oauth } => {
+            DeviceAction::Set { name, owner, lines, oauth, model, profile } => {
                 let mut body = serde_json::Map::new();
                 if let Some(o) = owner {
                     body.insert("owner".into(), json!(o));
@@ -395,8 +418,14 @@ pub async fn device(data_dir: &Path, a: ApiArgs, action: DeviceAction) -> ExitCo
                 if let Some(o) = oauth {
                     body.insert("oauth".into(), json!(o));
                 }
+                if let Some(m) = model {
+                    body.insert("model".into(), json!(m));
+                }
+                if let Some(p) = profile {
+                    body.insert("profile".into(), json!(p));
+                }
                 if body.is_empty() {
-                    return Err(Failure::Setup("nothing to change: pass --owner, --line or --oauth true|false".into()));
+                    return Err(Failure::Setup("nothing to change: pass --owner, --line, --model, --profile or --oauth true|false".into()));
                 }
                 let v = c.call(reqwest::Method::PATCH, &format!("devices/{name}"), Some(Value::Object(body))).await?;
                 c.print(&v, |_| println!("device {name} changed"));

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use sipreg_registrar::{MraListener, SipOAuthListener};
+use sipreg_registrar::{LegacyAddrs, LegacyListeners, MraListener, SipOAuthListener};
 use sipreg_store::{Change, Directory, Store};
 use sipreg_tokensvc::KeyRing;
 use tokio::sync::Mutex;
@@ -24,6 +24,10 @@ pub struct Live {
     ip: IpAddr,
     /// Ports this node's other listeners hold, with the config key that sets each.
     reserved: Vec<(u16, &'static str)>,
+    /// The legacy UDP/TCP/TLS listeners; follow the node's `sip_port` and `secured_sip_port`.
+    legacy: Option<Arc<LegacyListeners>>,
+    /// Which legacy transports `[legacy]` switches on (a switched-off one stays closed).
+    legacy_on: LegacyTransports,
     // One apply at a time, so listener state follows the newest snapshot.
     serial: Mutex<()>,
 }
@@ -48,6 +52,8 @@ impl Live {
             node_name,
             ip,
             reserved,
+            legacy: None,
+            legacy_on: LegacyTransports::default(),
             serial: Mutex::new(()),
         }
     }
@@ -56,6 +62,53 @@ impl Live {
     pub fn with_mra(mut self, mra: Arc<MraListener>) -> Self {
         self.mra_listener = Some(mra);
         self
+    }
+
+    /// Adds the legacy listeners, which [`Live::apply`] then opens on, and moves to, this node's
+    /// stored `sip_port` (UDP, TCP) and `secured_sip_port` (TLS) for each transport `on` allows.
+    pub fn with_legacy(mut self, legacy: Arc<LegacyListeners>, on: LegacyTransports) -> Self {
+        self.legacy = Some(legacy);
+        self.legacy_on = on;
+        self
+    }
+
+    /// Whether the legacy TCP and TLS listeners are both on, so `sip_port` and
+    /// `secured_sip_port` cannot be the same port.
+    pub fn legacy_tcp_and_tls(&self) -> bool {
+        self.legacy.is_some() && self.legacy_on.tcp && self.legacy_on.tls
+    }
+
+    /// Opens, moves or closes the legacy listeners to match this node's stored ports. A failure
+    /// names the node field and leaves that listener where it was.
+    async fn apply_legacy(&self) -> Result<(), Problem> {
+        let Some(legacy) = &self.legacy else {
+            return Ok(());
+        };
+        let snap = self.directory.snapshot();
+        // Without its row (never after start-up) the node keeps what it has.
+        let Some(node) = snap.nodes.iter().find(|n| n.name == self.node_name) else {
+            return Ok(());
+        };
+        let on = self.legacy_on;
+        let want = LegacyAddrs {
+            udp: on.udp.then(|| SocketAddr::new(self.ip, node.sip_port)),
+            tcp: on.tcp.then(|| SocketAddr::new(self.ip, node.sip_port)),
+            tls: on
+                .tls
+                .then(|| SocketAddr::new(self.ip, node.secured_sip_port)),
+        };
+        legacy.set(&want).await.map_err(|e| {
+            let field = if e.transport() == "tls" {
+                "secured_sip_port"
+            } else {
+                "sip_port"
+            };
+            tracing::error!(error = %e, field, "cannot open the legacy SIP port");
+            Problem::port_unavailable(
+                field,
+                format!("{e}; choose a free `{field}` (PATCH /api/v1/nodes or `listen.{field}`), or turn the transport off in `[legacy]`"),
+            )
+        })
     }
 
     /// The MRA listener, if this node runs one.
@@ -121,18 +174,32 @@ impl Live {
     /// The listener (other than the OAuth ports) that holds `port` on this node, if any,
     /// ignoring the one set by config key `own` (a port may stay what it is).
     pub fn reserved_by_other(&self, port: u16, own: &str) -> Option<&'static str> {
-        self.reserved
-            .iter()
+        self.held()
+            .into_iter()
             .find(|(p, k)| *p == port && *k != own)
-            .map(|(_, k)| *k)
+            .map(|(_, k)| k)
     }
 
     /// The port this node's listener set by config key `key` holds, if it is one of them.
     pub fn reserved_port(&self, key: &str) -> Option<u16> {
-        self.reserved
-            .iter()
+        self.held()
+            .into_iter()
             .find(|(_, k)| *k == key)
-            .map(|(p, _)| *p)
+            .map(|(p, _)| p)
+    }
+
+    /// The fixed listeners' ports and the ports the legacy listeners hold right now.
+    fn held(&self) -> Vec<(u16, &'static str)> {
+        let mut held = self.reserved.clone();
+        if let Some(l) = &self.legacy {
+            for a in [l.udp_addr(), l.tcp_addr()].into_iter().flatten() {
+                held.push((a.port(), "listen.sip_port"));
+            }
+            if let Some(a) = l.tls_addr() {
+                held.push((a.port(), "listen.secured_sip_port"));
+            }
+        }
+        held
     }
 
     /// Where the SIP OAuth listener should be, per the current snapshot (None = closed).
@@ -164,7 +231,7 @@ impl Live {
             ));
         }
         self.apply_mra().await;
-        Ok(())
+        self.apply_legacy().await
     }
 
     /// Follows store change notifications until cancelled (changes made outside this API).
@@ -192,5 +259,115 @@ impl Live {
                 tracing::error!(detail = %e.detail, "applying a change failed");
             }
         }
+    }
+}
+
+/// Which legacy transports the `[legacy]` section switches on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegacyTransports {
+    /// UDP on `sip_port`.
+    pub udp: bool,
+    /// TCP on `sip_port`.
+    pub tcp: bool,
+    /// TLS on `secured_sip_port`.
+    pub tls: bool,
+}
+
+/// The config values of the legacy ports at the last start, kept in the data dir so the next
+/// start can tell an edited config file from an unchanged one.
+const LEGACY_SEED_FILE: &str = "legacy-ports.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct LegacySeed {
+    sip_port: u16,
+    secured_sip_port: u16,
+}
+
+/// The legacy ports (`sip_port`, `secured_sip_port`) this node starts with. The config file
+/// (or `--sip-port`/`--secured-sip-port`) seeds the node row when it is created; afterwards the
+/// stored port (changed live through the API) wins, unless the config value changed since the
+/// last start — an edited file is the operator's newer word. Each choice is logged.
+pub fn legacy_start_ports(
+    data_dir: &std::path::Path,
+    stored: Option<(u16, u16)>,
+    config: (u16, u16),
+) -> (u16, u16) {
+    let path = data_dir.join(LEGACY_SEED_FILE);
+    let last: Option<LegacySeed> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let pick = |key: &str, stored: Option<u16>, config: u16, last: Option<u16>| match stored {
+        None => {
+            tracing::info!(
+                port = config,
+                "legacy port `{key}` seeded from the config file"
+            );
+            config
+        }
+        Some(s) if s == config => s,
+        // Unchanged in the file (or no record of it, as before this was kept): the API's change stands.
+        Some(s) if last.is_none_or(|l| l == config) => {
+            tracing::info!(stored = s, config, "legacy port `{key}`: the stored port (set through the API) wins over the unchanged config value; edit `listen.{key}` to override it");
+            s
+        }
+        Some(s) => {
+            tracing::info!(stored = s, config, was = last.unwrap_or_default(), "legacy port `{key}`: the config value changed since the last start and wins over the stored port");
+            config
+        }
+    };
+    let chosen = (
+        pick(
+            "sip_port",
+            stored.map(|s| s.0),
+            config.0,
+            last.map(|l| l.sip_port),
+        ),
+        pick(
+            "secured_sip_port",
+            stored.map(|s| s.1),
+            config.1,
+            last.map(|l| l.secured_sip_port),
+        ),
+    );
+    let seed = LegacySeed {
+        sip_port: config.0,
+        secured_sip_port: config.1,
+    };
+    if last != Some(seed) {
+        let written = serde_json::to_vec(&seed)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&path, b));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the config's legacy ports; an API change of them may not survive the next restart");
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legacy_start_ports;
+
+    #[test]
+    fn the_config_seeds_then_the_api_wins_until_the_config_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // New node: the config seeds it.
+        assert_eq!(legacy_start_ports(d, None, (5060, 5061)), (5060, 5061));
+        // Changed through the API, config unchanged: the stored ports stay.
+        assert_eq!(
+            legacy_start_ports(d, Some((5070, 5071)), (5060, 5061)),
+            (5070, 5071)
+        );
+        // The config's sip_port edited since the last start: it wins; the other stays stored.
+        assert_eq!(
+            legacy_start_ports(d, Some((5070, 5071)), (5080, 5061)),
+            (5080, 5071)
+        );
+        // And is the new baseline.
+        assert_eq!(
+            legacy_start_ports(d, Some((5090, 5071)), (5080, 5061)),
+            (5090, 5071)
+        );
     }
 }

@@ -11,7 +11,9 @@ mod api_cluster;
 mod api_digest;
 mod api_edges;
 mod api_issuers;
+mod api_lines;
 mod api_nodes;
+mod api_profiles;
 mod api_registrations;
 mod api_status;
 mod api_tokens;
@@ -22,6 +24,7 @@ mod cli_admin;
 mod cli_cluster;
 mod cli_edges;
 mod cli_issuers;
+mod cli_profiles;
 mod cli_tokens;
 mod config;
 mod config_service;
@@ -100,6 +103,20 @@ enum Command {
         api: cli::ApiArgs,
         #[command(subcommand)]
         action: cli_cluster::ClusterAction,
+    },
+    /// Device security profiles: OAuth, Digest and its transports (applied live).
+    Profile {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_profiles::ProfileAction,
+    },
+    /// Lines (directory numbers) across devices.
+    Line {
+        #[command(flatten)]
+        api: cli::ApiArgs,
+        #[command(subcommand)]
+        action: cli_profiles::LineAction,
     },
     /// End users.
     User {
@@ -292,6 +309,12 @@ fn main() -> ExitCode {
         }
         Command::Cluster { api, action } => {
             rt.block_on(cli_cluster::cluster(&cli.data_dir, api, action))
+        }
+        Command::Profile { api, action } => {
+            rt.block_on(cli_profiles::profile(&cli.data_dir, api, action))
+        }
+        Command::Line { api, action } => {
+            rt.block_on(cli_profiles::line(&cli.data_dir, api, action))
         }
         Command::User { api, action } => rt.block_on(cli::user(&cli.data_dir, api, action)),
         Command::Device { api, action } => rt.block_on(cli::device(&cli.data_dir, api, action)),

@@ -217,12 +217,19 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         None => (oauth_port, cfg.listen.sip_mra_oauth_port),
     };
     let oauth_addr = SocketAddr::new(ip, oauth_port);
+    // Legacy ports: the config seeds the row; then the stored (API) port wins unless the config
+    // value changed since the last start (see `legacy_start_ports`).
+    let (sip_port, secured_sip_port) = crate::live::legacy_start_ports(
+        &data_dir,
+        stored.as_ref().map(|n| (n.sip_port, n.secured_sip_port)),
+        (cfg.listen.sip_port, cfg.listen.secured_sip_port),
+    );
     store
         .upsert_node(&Node {
             name: node_name.clone(),
             host: public_host.clone(),
-            sip_port: cfg.listen.sip_port,
-            secured_sip_port: cfg.listen.secured_sip_port,
+            sip_port,
+            secured_sip_port,
             sip_oauth_port: oauth_port,
             sip_mra_oauth_port: mra_port,
         })
@@ -345,13 +352,12 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     if cfg.listen.tftp_port != 0 {
         reserved.push((cfg.listen.tftp_port, "listen.tftp_port"));
     }
-    // The legacy ports are node fields too; a PATCH of one is checked against the others.
-    if cfg.legacy.udp || cfg.legacy.tcp {
-        reserved.push((cfg.listen.sip_port, "listen.sip_port"));
-    }
-    if cfg.legacy.tls {
-        reserved.push((cfg.listen.secured_sip_port, "listen.secured_sip_port"));
-    }
+    // The legacy ports are node fields too, moved live by `Live` (which adds the ports they hold
+    // to the clash check); `[legacy]` switches a transport off for good.
+    let legacy = Arc::new(sipreg_registrar::LegacyListeners::new(
+        registrar.clone(),
+        Some(sip_tls.shared()),
+    ));
     // The MRA port presents the same certificate as the SIP OAuth port, swapped live with it.
     let mra_listener = Arc::new(
         sipreg_registrar::MraListener::new(
@@ -375,7 +381,15 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             ip,
             reserved,
         )
-        .with_mra(mra_listener.clone()),
+        .with_mra(mra_listener.clone())
+        .with_legacy(
+            legacy.clone(),
+            crate::live::LegacyTransports {
+                udp: cfg.legacy.udp,
+                tcp: cfg.legacy.tcp,
+                tls: cfg.legacy.tls,
+            },
+        ),
     );
     live.apply().await.map_err(|p| p.detail)?;
 
@@ -389,23 +403,6 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             .clone()
             .run_persister(store.clone(), persist_cancel.clone()),
     );
-    let legacy_addrs = sipreg_registrar::LegacyAddrs {
-        udp: cfg
-            .legacy
-            .udp
-            .then(|| SocketAddr::new(ip, cfg.listen.sip_port)),
-        tcp: cfg
-            .legacy
-            .tcp
-            .then(|| SocketAddr::new(ip, cfg.listen.sip_port)),
-        tls: cfg
-            .legacy
-            .tls
-            .then(|| SocketAddr::new(ip, cfg.listen.secured_sip_port)),
-    };
-    let legacy = sipreg_registrar::LegacyListeners::start(registrar.clone(), &legacy_addrs, Some(sip_tls.shared()))
-        .await
-        .map_err(|e| format!("legacy SIP ports: {e}; free the port, set `listen.sip_port`/`listen.secured_sip_port`, or turn them off in `[legacy]`"))?;
     tasks.spawn(live.clone().follow(cancel.clone()));
     tasks.spawn(sipreg_store::heartbeat_loop(
         store.clone(),

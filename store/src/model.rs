@@ -55,7 +55,8 @@ pub const DEFAULT_PROFILE: &str = "Universal Device Template - Model-independent
 /// The seeded profile for OAuth devices (and Digest, so legacy ports still work).
 pub const DEFAULT_OAUTH_PROFILE: &str = "Universal Device Template - OAuth Security Profile";
 /// The seeded strict profile: OAuth only, no Digest, TLS.
-pub const SECURE_OAUTH_PROFILE: &str = "Cisco Unified Client Services Framework - Secure OAuth Profile";
+pub const SECURE_OAUTH_PROFILE: &str =
+    "Cisco Unified Client Services Framework - Secure OAuth Profile";
 
 /// Which legacy transports a security profile allows Digest registration over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

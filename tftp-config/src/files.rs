@@ -311,6 +311,8 @@ mod tests {
                 }],
                 oauth: false,
                 updated_at: 2,
+                model: String::new(),
+                profile: String::new(),
             })
             .await
             .unwrap();

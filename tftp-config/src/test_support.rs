@@ -60,6 +60,8 @@ pub(crate) async fn fixture(cluster_oauth: bool) -> Fixture {
             ],
             oauth: true,
             updated_at: 1,
+            model: String::new(),
+            profile: String::new(),
         })
         .await
         .unwrap();
@@ -73,6 +75,8 @@ pub(crate) async fn fixture(cluster_oauth: bool) -> Fixture {
             }],
             oauth: false,
             updated_at: 1,
+            model: String::new(),
+            profile: String::new(),
         })
         .await
         .unwrap();

@@ -28,6 +28,9 @@ pub struct TokenConfig {
     pub jwks_refetch_secs: u64,
 }
 
+/// The longest access-token lifetime the cluster setting allows (1440 minutes, Unified CM's).
+pub(crate) const MAX_ACCESS_TTL_SECS: i64 = 1440 * 60;
+
 impl Default for TokenConfig {
     fn default() -> Self {
         Self {
@@ -48,8 +51,30 @@ impl Default for TokenConfig {
 
 impl TokenConfig {
     /// How long a retired signing key must stay published: until the last token it signed expires.
+    ///
+    /// The access-token lifetime is a live cluster setting (1–1440 minutes), and a token keeps the
+    /// lifetime it was issued with, so neither this node's config nor today's setting bounds the
+    /// tokens a retired key signed: the key stays published for the longest lifetime the cluster
+    /// allows ([`MAX_ACCESS_TTL_SECS`]), plus leeway.
     pub fn key_retention_secs(&self) -> i64 {
         self.access_ttl_secs
+            .max(MAX_ACCESS_TTL_SECS)
             .saturating_add(i64::try_from(self.leeway_secs).unwrap_or(i64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn retired_keys_outlive_the_longest_lifetime_the_cluster_allows() {
+        let c = TokenConfig::default();
+        assert_eq!(c.key_retention_secs(), 1440 * 60 + 30);
+        let long = TokenConfig {
+            access_ttl_secs: 2 * 86400,
+            ..TokenConfig::default()
+        };
+        assert_eq!(long.key_retention_secs(), 2 * 86400 + 30);
     }
 }

@@ -160,6 +160,8 @@ async fn registrar() -> (tempfile::TempDir, Arc<Registrar>) {
             }],
             oauth: true,
             updated_at: 0,
+            model: String::new(),
+            profile: String::new(),
         })
         .await
         .unwrap();

@@ -24,8 +24,8 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::{
     redact_url, AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge,
-    Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SecurityProfile, SigningKey,
-    Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
+    Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SecurityProfile,
+    SigningKey, Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
 /// How often every node reloads everything even without a notification (the safety net).

@@ -101,7 +101,11 @@ impl PostgresStore {
     pub(super) async fn pg_profile(&self, name: &str) -> Result<Option<SecurityProfile>> {
         let c = self.client().await?;
         let sql = format!("SELECT {COLUMNS} FROM security_profiles WHERE name = $1");
-        c.query_opt(&sql, &[&name]).await?.as_ref().map(read).transpose()
+        c.query_opt(&sql, &[&name])
+            .await?
+            .as_ref()
+            .map(read)
+            .transpose()
     }
 
     pub(super) async fn pg_profiles(&self) -> Result<Vec<SecurityProfile>> {

@@ -5,6 +5,7 @@
 mod cluster;
 mod issuers;
 mod pg;
+mod profiles;
 mod settings;
 
 use std::sync::Arc;
@@ -82,7 +83,14 @@ suite!(
     trusted_issuers_round_trip_and_reach_the_directory,
     per_client_not_before_is_kept_per_user_and_client,
     cluster_settings_are_replaced_seeded_once_and_validated,
+    profiles_drive_their_devices_oauth_and_cannot_be_deleted_in_use,
+    line_display_names_change_on_every_device_carrying_the_line,
 );
+
+use profiles::{
+    line_display_names_change_on_every_device_carrying_the_line,
+    profiles_drive_their_devices_oauth_and_cannot_be_deleted_in_use,
+};
 
 use settings::cluster_settings_are_replaced_seeded_once_and_validated;
 
@@ -112,6 +120,8 @@ pub(crate) fn device(name: &str, owner: &str, dns: &[&str]) -> Device {
             .collect(),
         oauth: true,
         updated_at: 1,
+        model: crate::DEFAULT_MODEL.into(),
+        profile: crate::DEFAULT_OAUTH_PROFILE.into(),
     }
 }
 
@@ -714,12 +724,15 @@ async fn a_device_update_replaces_owner_lines_and_profile(s: Arc<dyn Store>) {
         .await
         .unwrap();
     let mut d = device("csfANN", "bo", &["3"]);
+    // No profile named: the OAuth flag picks the default profile (API compatibility).
     d.oauth = false;
+    d.profile = String::new();
     s.update_device(&d).await.unwrap();
     let got = s.device("CSFann").await.unwrap().unwrap();
     assert_eq!(got.name, "CSFann", "the stored name keeps its case");
     assert_eq!(got.owner, "bo");
     assert!(!got.oauth);
+    assert_eq!(got.profile, crate::DEFAULT_PROFILE);
     assert_eq!(
         got.lines.iter().map(|l| l.dn.as_str()).collect::<Vec<_>>(),
         ["3"]
