@@ -25,6 +25,10 @@ use crate::json::{parse_object, StrictJsonError};
 use crate::keys::ALG_ES256;
 use crate::{KeyRing, TokenConfig};
 
+/// A token's trusted external issuer, its parsed claim set, and the PEM trust anchors for
+/// fetching the issuer's JWKS over https.
+type ExternalMatch = (Arc<TrustedIssuer>, Map<String, Value>, Vec<String>);
+
 /// Longest token we look at; real ones are well under 1 KiB, so anything bigger is not ours.
 pub(crate) const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Most verified tokens kept in the cache; beyond it new tokens are simply verified each time.
@@ -431,11 +435,7 @@ impl AccessTokenValidator {
 
     /// The trusted external issuer a token's `iss` names (never our own issuer), with the parsed
     /// claim set and the trust anchors for fetching its keys.
-    #[allow(clippy::type_complexity)]
-    fn external_issuer(
-        &self,
-        claims_b64: &str,
-    ) -> Option<(Arc<TrustedIssuer>, Map<String, Value>, Vec<String>)> {
+    fn external_issuer(&self, claims_b64: &str) -> Option<ExternalMatch> {
         let snap = self.inner.directory.get()?.snapshot();
         if !snap.has_trusted_issuers() {
             return None;
