@@ -16,8 +16,8 @@ use crate::problem::Problem;
 
 /// Facts fixed at start plus handles to live state.
 pub struct StatusInfo {
-    /// Listeners that do not move at run time: (name, address).
-    pub fixed_listeners: Vec<(String, String)>,
+    /// Listeners that do not move at run time: (name, address). Filled in as serve opens them.
+    pub fixed_listeners: std::sync::RwLock<Vec<(String, String)>>,
     /// The registrar, for binding counts.
     pub registrar: Arc<Registrar>,
     /// The server certificate file.
@@ -36,9 +36,13 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, Problem> {
     let mut listeners: Vec<Value> = s
         .status
         .fixed_listeners
-        .iter()
-        .map(|(name, addr)| json!({"name": name, "address": addr, "open": true}))
-        .collect();
+        .read()
+        .map(|l| {
+            l.iter()
+                .map(|(name, addr)| json!({"name": name, "address": addr, "open": true}))
+                .collect()
+        })
+        .unwrap_or_default();
     listeners.push(json!({
         "name": "sip-oauth (TLS)",
         "address": oauth.map(|a| a.to_string()),
@@ -50,6 +54,19 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, Problem> {
         "address": mra.map(|a| a.to_string()),
         "open": mra.is_some(),
     }));
+    if let Some(legacy) = s.live.legacy() {
+        for (name, addr) in [
+            ("sip (UDP, Digest)", legacy.udp_addr()),
+            ("sip (TCP, Digest)", legacy.tcp_addr()),
+            ("sip-tls (TLS, Digest)", legacy.tls_addr()),
+        ] {
+            listeners.push(json!({
+                "name": name,
+                "address": addr.map(|a| a.to_string()),
+                "open": addr.is_some(),
+            }));
+        }
+    }
     let expires = std::fs::read(&s.status.server_cert)
         .ok()
         .and_then(|pem| sipreg_certs::summarize_pem(&pem).ok())

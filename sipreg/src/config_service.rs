@@ -46,14 +46,23 @@ impl TokenCheck for ValidatorCheck {
     }
 }
 
-/// Binds the config service's listeners and spawns them; returns the lines to print.
+/// What [`start`] opened.
+pub struct Started {
+    /// Lines for the start-up banner.
+    pub lines: Vec<String>,
+    /// (listener name, bound address) of each listener that opened, for `sipreg status`.
+    pub bound: Vec<(String, String)>,
+}
+
+/// Binds the config service's listeners and spawns them; returns what to print and what opened.
 ///
 /// HTTP and HTTPS must bind or `serve` fails with a message naming the setting. TFTP (UDP 69 needs
 /// privilege) is an add-on: if it cannot bind, the server logs one warning naming the setting and runs
 /// without it.
-pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, String> {
+pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Started, String> {
     let files = Arc::new(ConfigFiles::new(ctx.directory.clone()).with_fetch_stats(ctx.fetches));
     let mut lines = Vec::new();
+    let mut bound = Vec::new();
 
     let addr = SocketAddr::new(ctx.ip, ctx.listen.config_http_port);
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -71,6 +80,7 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, Str
         }
     });
     lines.push(format!("device config:    http://{local}/<device>.cnf.xml"));
+    bound.push(("config-http".to_string(), local.to_string()));
 
     let addr = SocketAddr::new(ctx.ip, ctx.listen.config_https_port);
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -89,11 +99,12 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, Str
         lines.push(format!(
             "device config:    https://{local}/<device>.cnf.xml (bearer token of the owner)"
         ));
+        bound.push(("config-https".to_string(), local.to_string()));
     }
 
     if ctx.listen.tftp_port == 0 {
         lines.push("device config:    TFTP off (`listen.tftp_port` = 0)".into());
-        return Ok(lines);
+        return Ok(Started { lines, bound });
     }
     let addr = SocketAddr::new(ctx.ip, ctx.listen.tftp_port);
     match UdpSocket::bind(addr).await {
@@ -106,6 +117,7 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, Str
                 ctx.cancel.clone(),
             ));
             lines.push(format!("device config:    tftp://{local}/<device>.cnf.xml"));
+            bound.push(("tftp".to_string(), local.to_string()));
         }
         Err(e) => {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -119,5 +131,5 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Vec<String>, Str
             ));
         }
     }
-    Ok(lines)
+    Ok(Started { lines, bound })
 }

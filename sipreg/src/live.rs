@@ -111,6 +111,11 @@ impl Live {
         })
     }
 
+    /// The legacy UDP/TCP/TLS listeners, if this node runs them.
+    pub fn legacy(&self) -> Option<&Arc<LegacyListeners>> {
+        self.legacy.as_ref()
+    }
+
     /// The MRA listener, if this node runs one.
     pub fn mra(&self) -> Option<&Arc<MraListener>> {
         self.mra_listener.as_ref()

@@ -429,7 +429,10 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         live: live.clone(),
         admin_token_sha256: Sha256::digest(admin.as_bytes()).into(),
         status: Arc::new(crate::api_status::StatusInfo {
-            fixed_listeners: vec![("https (tokens, admin API)".into(), https_addr.to_string())],
+            fixed_listeners: std::sync::RwLock::new(vec![(
+                "https (tokens, admin API)".into(),
+                https_addr.to_string(),
+            )]),
             registrar: registrar.clone(),
             server_cert: pki.server_cert.clone(),
         }),
@@ -444,9 +447,13 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         fetches: config_fetches.clone(),
         started: std::time::Instant::now(),
     });
+    let status_info = api_state.status.clone();
     if let Some(l) = metrics_listener {
         if let Ok(a) = l.local_addr() {
             println!("  metrics:          http://{a}/metrics");
+            if let Ok(mut fixed) = status_info.fixed_listeners.write() {
+                fixed.push(("metrics (HTTP)".into(), a.to_string()));
+            }
         }
         tasks.spawn(crate::metrics::serve_plain(
             l,
@@ -467,7 +474,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         app,
         cancel.clone(),
     ));
-    let config_lines = crate::config_service::start(
+    let config_started = crate::config_service::start(
         crate::config_service::Ctx {
             ip,
             listen: cfg.listen.clone(),
@@ -497,7 +504,10 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     println!("  CA certificate:   {}", pki.ca_cert.display());
     println!("  admin token file: {}", token_path.display());
     println!("  token service + admin API: https://{https_addr} ({api_url}/api/v1)");
-    for line in &config_lines {
+    if let Ok(mut fixed) = status_info.fixed_listeners.write() {
+        fixed.extend(config_started.bound.iter().cloned());
+    }
+    for line in &config_started.lines {
         println!("  {line}");
     }
     println!("  SIP OAuth (TLS):  {oauth_addr}, cluster OAuth mode {mode}");

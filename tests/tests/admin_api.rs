@@ -409,6 +409,25 @@ async fn status_shows_listeners_and_counts_and_completions_print() {
         .clone();
     assert_eq!(oauth["open"], true, "{v}");
     assert_eq!(oauth["address"], format!("127.0.0.1:{}", s.sip_oauth_port));
+    // Every listener the node opened is listed with its bound address, like `show open ports`.
+    let address_of = |name: &str| {
+        v["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .map(|l| l["address"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no listener {name} in {v}"))
+    };
+    assert!(address_of("config-http").ends_with(&format!(":{}", s.config_port)));
+    assert_eq!(
+        address_of("sip (UDP, Digest)"),
+        format!("127.0.0.1:{}", s.sip_port)
+    );
+    assert_eq!(
+        address_of("sip-tls (TLS, Digest)"),
+        format!("127.0.0.1:{}", s.secured_sip_port)
+    );
     assert!(
         v["server_certificate_expires"]
             .as_str()
