@@ -593,10 +593,13 @@ pub(crate) fn uri_key(uri: &rsip::Uri, raw: &str) -> String {
     format!("{scheme}:{user}@{host}:{port};{}", significant.join(";"))
 }
 
+/// What [`split`] cuts a message into: start line, header text, headers, body.
+type Split<'a> = (&'a str, String, Vec<Header>, Vec<u8>);
+
 /// Splits a framed message into its start line, its header text and headers (spans of that
 /// text) and its body. The header text is the head as sent (one copy, no allocation per
 /// header); a folded header's unfolded value is appended after it.
-fn split(bytes: &[u8]) -> Result<(&str, String, Vec<Header>, Vec<u8>), MessageError> {
+fn split(bytes: &[u8]) -> Result<Split<'_>, MessageError> {
     let (head, body) = match head_end(bytes) {
         Some(i) => (&bytes[..i], bytes[i + 4..].to_vec()),
         None => (bytes.strip_suffix(b"\r\n").unwrap_or(bytes), Vec::new()),

@@ -1,5 +1,7 @@
 //! Building SIP responses to a request (RFC 3261 §8.2.6).
 
+use std::fmt::Write as _;
+
 use crate::message::Request;
 
 /// The `Server` header value.
@@ -27,8 +29,14 @@ pub fn response<'a>(req: &'a Request, status: u16, reason: &str) -> ResponseBuil
 impl ResponseBuilder<'_> {
     /// Adds a header after the copied ones (order is kept).
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers
-            .push((name.to_owned(), sanitize(&value.into())));
+        let value = value.into();
+        // The usual clean value is kept as is, not copied.
+        let value = if value.chars().any(char::is_control) {
+            sanitize(&value)
+        } else {
+            value
+        };
+        self.headers.push((name.to_owned(), value));
         self
     }
 
@@ -40,7 +48,21 @@ impl ResponseBuilder<'_> {
     /// Serialises: all Via in order, From, To (with a tag), Call-ID, CSeq, Server, the extra
     /// headers, `Content-Length: 0`.
     pub fn build(self) -> Vec<u8> {
-        let mut out = format!("SIP/2.0 {} {}\r\n", self.status, self.reason);
+        // One buffer sized up front: the copied headers are a few hundred bytes, the extra ones
+        // are known; growing by doubling would copy the response several times.
+        let extra: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum();
+        let copied: usize = ["Via", "From", "To", "Call-ID", "CSeq"]
+            .iter()
+            .flat_map(|n| self.req.all(n))
+            .map(|v| v.len() + 16)
+            .sum();
+        let mut out = String::with_capacity(128 + copied + extra + SERVER.len());
+        // Writing into a String cannot fail.
+        let _ = write!(out, "SIP/2.0 {} {}\r\n", self.status, self.reason);
         for via in self.req.all("Via") {
             push(&mut out, "Via", via);
         }
