@@ -475,16 +475,23 @@ mod tests {
         assert_eq!(days_left(now - 1, now), -1);
     }
 
-    #[test]
-    fn a_warning_is_logged_once_per_certificate() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A control over a fresh local PKI in `dir` for `localhost`, both listeners on its
+    /// certificate; with the PKI's paths and the names.
+    fn control(dir: &std::path::Path) -> (CertControl, sipreg_certs::PkiPaths, Vec<String>) {
         let names = vec!["localhost".to_string()];
-        let p = sipreg_certs::load_or_create(dir.path(), &names).unwrap();
+        let p = sipreg_certs::load_or_create(dir, &names).unwrap();
         let chain = std::fs::read(&p.server_cert).unwrap();
         let key = std::fs::read(&p.server_key).unwrap();
         let cfg =
             || ReloadableServerConfig::new(sipreg_certs::server_config(&chain, &key, &[]).unwrap());
-        let c = CertControl::new(dir.path().to_path_buf(), names, cfg(), cfg());
+        let c = CertControl::new(dir.to_path_buf(), names.clone(), cfg(), cfg());
+        (c, p, names)
+    }
+
+    #[test]
+    fn a_warning_is_logged_once_per_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _, _) = control(dir.path());
         let soon = crate::now() + 86_400;
         let certs = vec![
             (
@@ -516,13 +523,7 @@ mod tests {
     #[test]
     fn files_changed_on_disk_are_checked_then_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let names = vec!["localhost".to_string()];
-        let p = sipreg_certs::load_or_create(dir.path(), &names).unwrap();
-        let chain = std::fs::read(&p.server_cert).unwrap();
-        let key = std::fs::read(&p.server_key).unwrap();
-        let cfg =
-            || ReloadableServerConfig::new(sipreg_certs::server_config(&chain, &key, &[]).unwrap());
-        let c = CertControl::new(dir.path().to_path_buf(), names.clone(), cfg(), cfg());
+        let (c, p, names) = control(dir.path());
         assert!(!c.poll_disk(&[]), "nothing changed");
         let before = c.sip.current();
         // A mismatched pair on disk: ignored, the old config stays.

@@ -95,7 +95,7 @@ fn default_limit() -> usize {
     500
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass).
+/// Percent-encodes a query value or one path segment (RFC 3986 unreserved characters pass).
 pub(crate) fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {

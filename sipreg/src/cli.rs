@@ -267,6 +267,15 @@ impl Client {
     }
 }
 
+/// The strings of a JSON array (empty for anything else), for printing lists in tables.
+pub(crate) fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 pub(crate) fn done(r: Result<(), Failure>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Map, Value};
 
-use crate::cli::{done, ApiArgs, Client, Failure};
+use crate::cli::{done, strings, ApiArgs, Client, Failure};
 
 /// `sipreg node ...`
 #[derive(Subcommand)]
@@ -199,12 +199,7 @@ pub async fn certs(data_dir: &Path, a: ApiArgs, action: CertsAction) -> ExitCode
             c.print(&v, |v| {
                 println!("subject:  {}", v["subject"].as_str().unwrap_or(""));
                 println!("issuer:   {}", v["issuer"].as_str().unwrap_or(""));
-                let sans: Vec<&str> = v["sans"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
+                let sans = strings(&v["sans"]);
                 println!("SANs:     {}", sans.join(", "));
                 println!(
                     "valid:    {} – {} (unix seconds)",

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Map, Value};
 
-use crate::cli::{done, ApiArgs, Client, Failure};
+use crate::cli::{done, strings, ApiArgs, Client, Failure};
 
 /// `sipreg edge ...`
 #[derive(Subcommand)]
@@ -64,12 +64,7 @@ pub enum TrustAction {
 }
 
 fn print_edge(e: &Value) {
-    let names: Vec<&str> = e["subject_names"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let names = strings(&e["subject_names"]);
     println!(
         "{:<32} {:<40} {}",
         e["host"].as_str().unwrap_or(""),

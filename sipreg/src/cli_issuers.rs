@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::cli::{done, ApiArgs, Client};
+use crate::api_lines::encode;
+use crate::cli::{done, strings, ApiArgs, Client};
 
 /// `sipreg issuer ...`
 #[derive(Subcommand)]
@@ -47,30 +48,12 @@ pub enum IssuerAction {
     },
 }
 
-/// Percent-encodes one path segment (issuer URLs hold `/` and `:`).
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn print_issuer(i: &Value) {
     let source = i["jwks_url"]
         .as_str()
         .or(i["jwks_file"].as_str())
         .unwrap_or("");
-    let algs: Vec<&str> = i["algorithms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+    let algs = strings(&i["algorithms"]);
     println!(
         "{:<40} {:<20} {:<20} {:<12} {}",
         i["issuer"].as_str().unwrap_or(""),
@@ -132,7 +115,7 @@ pub async fn issuer(data_dir: &Path, a: ApiArgs, action: IssuerAction) -> ExitCo
                 IssuerAction::Remove { issuer } => {
                     c.call(
                         reqwest::Method::DELETE,
-                        &format!("issuers/{}", segment(&issuer)),
+                        &format!("issuers/{}", encode(&issuer)),
                         None,
                     )
                     .await?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::cli::{done, ApiArgs, Client};
+use crate::cli::{done, strings, ApiArgs, Client};
 
 /// `sipreg client ...`
 #[derive(Subcommand)]
@@ -178,12 +178,4 @@ pub(crate) async fn revoke_user_tokens(
         );
     });
     Ok(())
-}
-
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect()
 }

@@ -38,12 +38,10 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrustedIssuer> {
     })
 }
 
-/// Inserts a new issuer; `Conflict` when the URL is taken.
-pub(crate) fn create(c: &mut Connection, i: &TrustedIssuer) -> Result<()> {
-    let sql =
-        format!("INSERT INTO trusted_issuers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+/// Runs `sql` (an INSERT or UPDATE) with the issuer's fields as `?1`..`?8`, in [`COLUMNS`] order.
+fn execute(c: &Connection, sql: &str, i: &TrustedIssuer) -> rusqlite::Result<usize> {
     c.execute(
-        &sql,
+        sql,
         params![
             i.issuer,
             i.jwks_url,
@@ -55,7 +53,13 @@ pub(crate) fn create(c: &mut Connection, i: &TrustedIssuer) -> Result<()> {
             i.updated_at
         ],
     )
-    .map_err(|e| match e {
+}
+
+/// Inserts a new issuer; `Conflict` when the URL is taken.
+pub(crate) fn create(c: &mut Connection, i: &TrustedIssuer) -> Result<()> {
+    let sql =
+        format!("INSERT INTO trusted_issuers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+    execute(c, &sql, i).map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
@@ -68,19 +72,11 @@ pub(crate) fn create(c: &mut Connection, i: &TrustedIssuer) -> Result<()> {
 
 /// Replaces an existing issuer's settings; `NotFound` when absent.
 pub(crate) fn update(c: &mut Connection, i: &TrustedIssuer) -> Result<()> {
-    let n = c.execute(
+    let n = execute(
+        c,
         "UPDATE trusted_issuers SET jwks_url = ?2, jwks_file = ?3, audience = ?4, user_claim = ?5,
            algorithms = ?6, description = ?7, updated_at = ?8 WHERE issuer = ?1",
-        params![
-            i.issuer,
-            i.jwks_url,
-            i.jwks_file,
-            i.audience,
-            i.user_claim,
-            algorithms_json(&i.algorithms),
-            i.description,
-            i.updated_at
-        ],
+        i,
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("issuer {}", i.issuer)));

@@ -100,11 +100,10 @@ pub(crate) fn all(c: &Connection) -> Result<Vec<SecurityProfile>> {
     rows.into_iter().map(finish).collect()
 }
 
-/// Inserts a profile; `Conflict` if the name is taken.
-pub(crate) fn create(c: &mut Connection, p: &SecurityProfile) -> Result<()> {
-    let sql = format!("INSERT INTO security_profiles ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)");
+/// Runs `sql` (an INSERT or UPDATE) with the profile's fields as `?1`..`?5`, in [`COLUMNS`] order.
+fn execute(c: &Connection, sql: &str, p: &SecurityProfile) -> rusqlite::Result<usize> {
     c.execute(
-        &sql,
+        sql,
         params![
             p.name,
             p.description,
@@ -113,7 +112,12 @@ pub(crate) fn create(c: &mut Connection, p: &SecurityProfile) -> Result<()> {
             p.transport.as_str()
         ],
     )
-    .map_err(|e| match e {
+}
+
+/// Inserts a profile; `Conflict` if the name is taken.
+pub(crate) fn create(c: &mut Connection, p: &SecurityProfile) -> Result<()> {
+    let sql = format!("INSERT INTO security_profiles ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)");
+    execute(c, &sql, p).map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
@@ -128,16 +132,11 @@ pub(crate) fn create(c: &mut Connection, p: &SecurityProfile) -> Result<()> {
 /// so config files are re-versioned).
 pub(crate) fn update(c: &mut Connection, p: &SecurityProfile, now: i64) -> Result<()> {
     let tx = c.transaction()?;
-    let n = tx.execute(
+    let n = execute(
+        &tx,
         "UPDATE security_profiles SET description = ?2, oauth = ?3, digest = ?4, transport = ?5 \
          WHERE name = ?1",
-        params![
-            p.name,
-            p.description,
-            p.oauth as i64,
-            p.digest as i64,
-            p.transport.as_str()
-        ],
+        p,
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("security profile {}", p.name)));

@@ -1,6 +1,6 @@
 //! Cluster settings in the SQLite backend: one row, one column per setting.
 
-use rusqlite::{params, Connection};
+use rusqlite::{Connection, ToSql};
 
 use crate::{ChallengeDialect, ClusterSettings, Result, StoreError};
 
@@ -52,49 +52,49 @@ pub(crate) fn read(c: &mut Connection) -> Result<ClusterSettings> {
 
 /// Replaces every setting and marks the row seeded.
 pub(crate) fn write(c: &mut Connection, s: &ClusterSettings) -> Result<()> {
-    s.validate()
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    c.execute(
-        "UPDATE cluster_settings SET oauth_mode = ?1, access_token_lifetime_minutes = ?2, \
-         refresh_token_lifetime_days = ?3, refresh_login = ?4, password_grant = ?5, \
-         challenge_dialect = ?6, default_expires = ?7, min_expires = ?8, max_expires = ?9, \
-         seeded = 1 WHERE id = 1",
-        params![
-            s.oauth_mode as i64,
-            s.access_token_lifetime_minutes,
-            s.refresh_token_lifetime_days,
-            s.refresh_login as i64,
-            s.password_grant as i64,
-            dialect(s.challenge_dialect),
-            s.default_expires,
-            s.min_expires,
-            s.max_expires
-        ],
-    )?;
+    update(c, s, ", oauth_mode = ?9 WHERE id = 1", Some(s.oauth_mode))?;
     Ok(())
 }
 
 /// Sets everything but OAuth mode when the row was never seeded; whether it did.
 pub(crate) fn seed(c: &mut Connection, s: &ClusterSettings) -> Result<bool> {
+    Ok(update(c, s, " WHERE id = 1 AND seeded = 0", None)? == 1)
+}
+
+/// Validates `s`, then sets every setting but OAuth mode (`?1`..`?8`) and marks the row seeded;
+/// `tail` ends the statement (its WHERE clause), and sets `oauth_mode = ?9` when one is given.
+/// Returns the rows changed.
+fn update(
+    c: &Connection,
+    s: &ClusterSettings,
+    tail: &str,
+    oauth_mode: Option<bool>,
+) -> Result<usize> {
     s.validate()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let n = c.execute(
+    let sql = format!(
         "UPDATE cluster_settings SET access_token_lifetime_minutes = ?1, \
          refresh_token_lifetime_days = ?2, refresh_login = ?3, password_grant = ?4, \
          challenge_dialect = ?5, default_expires = ?6, min_expires = ?7, max_expires = ?8, \
-         seeded = 1 WHERE id = 1 AND seeded = 0",
-        params![
-            s.access_token_lifetime_minutes,
-            s.refresh_token_lifetime_days,
-            s.refresh_login as i64,
-            s.password_grant as i64,
-            dialect(s.challenge_dialect),
-            s.default_expires,
-            s.min_expires,
-            s.max_expires
-        ],
-    )?;
-    Ok(n == 1)
+         seeded = 1{tail}"
+    );
+    let (refresh_login, password_grant) = (s.refresh_login as i64, s.password_grant as i64);
+    let dialect = dialect(s.challenge_dialect);
+    let mode = oauth_mode.map(i64::from);
+    let mut values: Vec<&dyn ToSql> = vec![
+        &s.access_token_lifetime_minutes,
+        &s.refresh_token_lifetime_days,
+        &refresh_login,
+        &password_grant,
+        &dialect,
+        &s.default_expires,
+        &s.min_expires,
+        &s.max_expires,
+    ];
+    if let Some(m) = &mode {
+        values.push(m);
+    }
+    Ok(c.execute(&sql, values.as_slice())?)
 }
 
 fn dialect(d: ChallengeDialect) -> &'static str {

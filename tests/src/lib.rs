@@ -12,11 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+pub mod jwt;
+pub mod peers;
+pub mod pki;
 
 /// Path of the `sipreg` binary under test.
 pub fn sipreg_bin() -> PathBuf {
@@ -218,10 +222,7 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.admin_token = std::fs::read_to_string(self.data_dir.join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_owned();
+        self.admin_token = self.admin_token();
         let tls = client_tls(&self.ca_pem());
         self.http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -365,18 +366,68 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Password grant for the default `softphone` client; returns status and JSON.
+    pub async fn password_grant(&self, user: &str, password: &str) -> (u16, Value) {
+        self.token_request(&[
+            ("grant_type", "password"),
+            ("username", user),
+            ("password", password),
+            ("client_id", "softphone"),
+        ])
+        .await
+    }
+
     /// Password grant for the default `softphone` client; panics unless it succeeds.
     pub async fn password_token(&self, user: &str, password: &str) -> Value {
-        let (status, body) = self
-            .token_request(&[
-                ("grant_type", "password"),
-                ("username", user),
-                ("password", password),
-                ("client_id", "softphone"),
-            ])
-            .await;
+        let (status, body) = self.password_grant(user, password).await;
         assert_eq!(status, 200, "password grant: {body}");
         body
+    }
+
+    /// The access token of a successful password grant (see [`Server::password_token`]).
+    pub async fn access_token(&self, user: &str, password: &str) -> String {
+        self.password_token(user, password).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The authorization server metadata (`/.well-known/oauth-authorization-server`).
+    pub async fn oauth_metadata(&self) -> Value {
+        self.http
+            .get(format!(
+                "{}/.well-known/oauth-authorization-server",
+                self.base()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// PATCHes this node (`nodes/node1`) through the admin API; returns status and JSON.
+    pub async fn patch_node(&self, body: Value) -> (u16, Value) {
+        self.api(reqwest::Method::PATCH, "nodes/node1", Some(body))
+            .await
+    }
+
+    /// The admin token as the data dir holds it now.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// One REGISTER of `line` with `token` on a fresh connection; returns the status code.
+    pub async fn register_once(&self, line: &str, call_id: &str, token: &str) -> u16 {
+        let mut c = self.sip_connect().await.unwrap();
+        let msg = Register::new(line, call_id, 1, c.local)
+            .bearer(token)
+            .build();
+        c.request(&msg).await.unwrap().code
     }
 
     /// GETs a device config file over plain HTTP; returns status and body.
@@ -422,17 +473,33 @@ impl Drop for Server {
 
 /// A rustls client config trusting `ca_pem`, TLS 1.2+.
 pub fn client_tls(ca_pem: &[u8]) -> rustls::ClientConfig {
+    client_tls_as(ca_pem, None)
+}
+
+/// A rustls client config trusting `ca_pem`, TLS 1.2+, presenting `identity` (certificate PEM,
+/// key PEM) when the server asks for one.
+pub fn client_tls_as(ca_pem: &[u8], identity: Option<(&str, &str)>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c.unwrap()).unwrap();
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth()
+    .with_root_certificates(roots);
+    match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
 }
 
 /// A SIP UA over TLS that sends requests and reads framed responses.

@@ -175,26 +175,14 @@ async fn a_port_change_moves_the_oauth_listener_live_and_clashes_are_refused() {
     assert_eq!(nodes[0]["sip_oauth_port"], s.sip_oauth_port);
 
     // Out of Unified CM's range.
-    let (st, p) = s
-        .api(
-            reqwest::Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_oauth_port": 80})),
-        )
-        .await;
+    let (st, p) = s.patch_node(json!({"sip_oauth_port": 80})).await;
     assert_eq!(
         (st, p["field"].as_str()),
         (400, Some("sip_oauth_port")),
         "{p}"
     );
     // Clashes with this node's HTTPS listener.
-    let (st, p) = s
-        .api(
-            reqwest::Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_oauth_port": s.https_port})),
-        )
-        .await;
+    let (st, p) = s.patch_node(json!({"sip_oauth_port": s.https_port})).await;
     assert_eq!(st, 409, "{p}");
     assert!(
         p["detail"].as_str().unwrap().contains("listen.https_port"),
@@ -203,13 +191,7 @@ async fn a_port_change_moves_the_oauth_listener_live_and_clashes_are_refused() {
     // Held by another process: refused, and the old port keeps working.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = squatter.local_addr().unwrap().port();
-    let (st, p) = s
-        .api(
-            reqwest::Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_oauth_port": taken})),
-        )
-        .await;
+    let (st, p) = s.patch_node(json!({"sip_oauth_port": taken})).await;
     assert_eq!(st, 409, "{p}");
     assert!(
         s.sip_connect().await.is_ok(),
@@ -224,13 +206,7 @@ async fn a_port_change_moves_the_oauth_listener_live_and_clashes_are_refused() {
 
     // A free port: the listener moves without a restart.
     let new_port = sipreg_e2e::free_port();
-    let (st, p) = s
-        .api(
-            reqwest::Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_oauth_port": new_port})),
-        )
-        .await;
+    let (st, p) = s.patch_node(json!({"sip_oauth_port": new_port})).await;
     assert_eq!(st, 200, "{p}");
     let ca = s.ca_pem();
     let moved = sipreg_e2e::SipClient::connect(([127, 0, 0, 1], new_port).into(), &ca).await;
@@ -326,7 +302,7 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
     let r = s
         .http()
         .get(url("devices/CSFivy"))
-        .bearer_auth(admin_token(&s))
+        .bearer_auth(s.admin_token())
         .send()
         .await
         .unwrap();
@@ -334,7 +310,7 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
     let r = s
         .http()
         .delete(url("devices/CSFivy"))
-        .bearer_auth(admin_token(&s))
+        .bearer_auth(s.admin_token())
         .header("If-Match", "\"stale\"")
         .send()
         .await
@@ -343,7 +319,7 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
     let r = s
         .http()
         .delete(url("devices/CSFivy"))
-        .bearer_auth(admin_token(&s))
+        .bearer_auth(s.admin_token())
         .header("If-Match", &etag)
         .send()
         .await
@@ -375,13 +351,6 @@ async fn read_only_tokens_cannot_write_if_match_conflicts_get_412_and_changes_ar
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-}
-
-fn admin_token(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir.join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 #[tokio::test]
@@ -449,10 +418,7 @@ async fn registrations_are_listed_filtered_and_force_unregistered() {
     let s = Server::start().await;
     s.add_user_and_device("reg", "pw-reg", "CSFreg", &["1500", "1501"], true);
     s.oauth_mode(true);
-    let token = s.password_token("reg", "pw-reg").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("reg", "pw-reg").await;
     let mut c = s.sip_connect().await.unwrap();
     for (line, call) in [("1500", "r1"), ("1501", "r2")] {
         let r = c
@@ -553,10 +519,7 @@ async fn regenerating_the_certificate_applies_to_new_connections_while_old_ones_
     let s = Server::start().await;
     s.add_user_and_device("cy", "pw-cy", "CSFcy", &["1700"], true);
     s.oauth_mode(true);
-    let token = s.password_token("cy", "pw-cy").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("cy", "pw-cy").await;
     let mut old = s.sip_connect().await.unwrap();
     let r = old
         .request(
@@ -619,12 +582,9 @@ async fn a_device_change_applies_live_and_honours_if_match() {
     let s = Server::start().await;
     s.add_user_and_device("dee", "pw-dee", "CSFdee", &["1800"], true);
     s.oauth_mode(true);
-    let token = s.password_token("dee", "pw-dee").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("dee", "pw-dee").await;
     let url = format!("{}/api/v1/devices/CSFdee", s.base());
-    let admin = admin_token(&s);
+    let admin = s.admin_token();
     let etag = s
         .http()
         .get(&url)
@@ -720,14 +680,7 @@ async fn a_password_change_takes_effect_for_the_next_login() {
     s.password_token("pam", "old-pw").await;
     let (code, _, err) = s.cli(&["user", "passwd", "pam"], Some("new-pw\n"));
     assert_eq!(code, 0, "{err}");
-    let (st, e) = s
-        .token_request(&[
-            ("grant_type", "password"),
-            ("username", "pam"),
-            ("password", "old-pw"),
-            ("client_id", "softphone"),
-        ])
-        .await;
+    let (st, e) = s.password_grant("pam", "old-pw").await;
     assert_eq!(
         (st, e["error"].as_str()),
         (400, Some("invalid_grant")),

@@ -6,38 +6,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, PKCS_ECDSA_P256_SHA256};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::Digest;
+use sipreg_e2e::pki::{TestCa, DAY};
 use sipreg_e2e::{client_tls, Register, Server, SipClient};
 
-const DAY: Duration = Duration::from_secs(86_400);
-
-struct Root {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn root(name: &str, days: u32) -> Root {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.not_before = (SystemTime::now() - DAY).into();
-    p.not_after = (SystemTime::now() + DAY * days).into();
-    let cert = p.self_signed(&key).unwrap();
-    Root {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
 /// A server certificate for localhost/127.0.0.1 from `root`: (cert PEM, key PEM, hex SHA-256).
-fn server_cert(root: &Root, start_days_ago: u32, days: u32) -> (String, String, String) {
+fn server_cert(root: &TestCa, start_days_ago: u32, days: u32) -> (String, String, String) {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     p.distinguished_name
@@ -72,10 +49,9 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let token = std::fs::read_to_string(s.data_dir.join("admin-token")).unwrap();
     let mut req = http
         .request(method, format!("{}/api/v1/{path}", s.base()))
-        .bearer_auth(token.trim());
+        .bearer_auth(s.admin_token());
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -112,7 +88,7 @@ async fn installed_certificates_are_checked_then_live_on_every_port_and_kept_at_
     let local_ca = s.ca_pem();
     let mut old = SipClient::connect(addr, &local_ca).await.unwrap();
     let first = old.peer_sha256();
-    let operator = root("Operator Root CA", 3650);
+    let operator = TestCa::expiring("Operator Root CA", 3650);
     let (cert, key, sha) = server_cert(&operator, 1, 90);
     let cert_file = write(&s, "op.pem", &cert);
     let key_file = write(&s, "op-key.pem", &key);
@@ -279,7 +255,7 @@ async fn certificate_files_changed_on_disk_go_live_and_bad_ones_are_ignored() {
     s.oauth_mode(true);
     let addr = ([127, 0, 0, 1], s.sip_oauth_port).into();
     let mut old = SipClient::connect(addr, &s.ca_pem()).await.unwrap();
-    let operator = root("Disk Root CA", 3650);
+    let operator = TestCa::expiring("Disk Root CA", 3650);
     let (cert, key, sha) = server_cert(&operator, 1, 90);
     let tls = s.data_dir.join("tls");
     // Key first, then the certificate with its root appended, as an operator's script would.
@@ -308,8 +284,8 @@ async fn certificate_files_changed_on_disk_go_live_and_bad_ones_are_ignored() {
 #[tokio::test]
 async fn trust_anchors_near_expiry_are_warned_about_in_the_api_status_and_log() {
     let s = Server::start().await;
-    let short = root("Short Lived CA", 10);
-    let long = root("Long Lived CA", 400);
+    let short = TestCa::expiring("Short Lived CA", 10);
+    let long = TestCa::expiring("Long Lived CA", 400);
     for r in [&short, &long] {
         let (st, v) = s
             .api(Method::POST, "trust", Some(json!({"pem": r.pem})))
@@ -362,7 +338,7 @@ async fn node_port_changes_that_clash_are_refused_and_the_old_ports_keep_serving
     s.oauth_mode(true);
     let mra = s.sip_mra_oauth_port;
     assert!(std::net::TcpStream::connect(("127.0.0.1", mra)).is_ok());
-    let patch = |body: Value| s.api(Method::PATCH, "nodes/node1", Some(body));
+    let patch = |body: Value| s.patch_node(body);
 
     // Held by another process: the MRA port stays where it was, the store too.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

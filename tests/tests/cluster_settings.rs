@@ -2,24 +2,9 @@
 //! challenge dialect and expiry bounds change the very next request; ETag/If-Match, read-only
 //! tokens, range problems and the audit log behave as on every other resource.
 
-use base64::Engine;
 use serde_json::{json, Value};
+use sipreg_e2e::jwt::claims;
 use sipreg_e2e::{Register, Server};
-
-fn admin_token(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir.join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
 
 async fn patch(s: &Server, body: Value) -> (u16, Value) {
     s.api(reqwest::Method::PATCH, "cluster", Some(body)).await
@@ -65,30 +50,12 @@ async fn settings_apply_to_the_next_token_and_register() {
     // Password grant off: unsupported_grant_type, and discovery stops listing it.
     let (st, _) = patch(&s, json!({"password_grant": false})).await;
     assert_eq!(st, 200);
-    let (st, body) = s
-        .token_request(&[
-            ("grant_type", "password"),
-            ("username", "alice"),
-            ("password", "pw"),
-            ("client_id", "softphone"),
-        ])
-        .await;
+    let (st, body) = s.password_grant("alice", "pw").await;
     assert_eq!(
         (st, body["error"].as_str()),
         (400, Some("unsupported_grant_type"))
     );
-    let meta: Value = s
-        .http()
-        .get(format!(
-            "{}/.well-known/oauth-authorization-server",
-            s.base()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = s.oauth_metadata().await;
     let grants = meta["grant_types_supported"].to_string();
     assert!(
         !grants.contains("password") && !grants.contains("refresh_token"),
@@ -197,7 +164,7 @@ async fn range_problems_if_match_read_only_and_audit() {
     let r = s
         .http()
         .get(&url)
-        .bearer_auth(admin_token(&s))
+        .bearer_auth(s.admin_token())
         .send()
         .await
         .unwrap();
@@ -205,7 +172,7 @@ async fn range_problems_if_match_read_only_and_audit() {
     let r = s
         .http()
         .patch(&url)
-        .bearer_auth(admin_token(&s))
+        .bearer_auth(s.admin_token())
         .header("If-Match", "\"stale\"")
         .json(&json!({"refresh_token_lifetime_days": 7}))
         .send()
@@ -215,7 +182,7 @@ async fn range_problems_if_match_read_only_and_audit() {
     let r = s
         .http()
         .patch(&url)
-        .bearer_auth(admin_token(&s))
+        .bearer_auth(s.admin_token())
         .header("If-Match", &etag)
         .json(&json!({"refresh_token_lifetime_days": 7}))
         .send()

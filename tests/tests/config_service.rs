@@ -5,13 +5,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use sipreg_e2e::{free_port, peers_required, Server};
+use sipreg_e2e::peers::{have_program, python_stdin};
+use sipreg_e2e::{free_port, Server};
 use tokio::net::UdpSocket;
+
+/// Where the peers these tests need come from.
+const INSTALL: &str = "scripts/test installs it";
 
 /// A free UDP port on loopback.
 fn free_udp_port() -> u16 {
@@ -34,24 +38,6 @@ async fn server() -> (Server, u16, u16) {
     ])
     .await;
     (s, tftp, https)
-}
-
-/// Whether `program` can run; when it cannot, the test skips with a message, or fails under CI.
-fn have(program: &str, version_arg: &str) -> bool {
-    let ok = Command::new(program)
-        .arg(version_arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            !peers_required(),
-            "{program} is required under CI=true (scripts/test installs it)"
-        );
-        eprintln!("SKIP: {program} is not installed");
-    }
-    ok
 }
 
 /// Runs curl; returns (exit code, stdout bytes, stderr).
@@ -118,7 +104,7 @@ fn text(b: &[u8]) -> &str {
 
 #[tokio::test]
 async fn http_curl_tftp_and_tftp_hpa_serve_the_same_bytes() {
-    if !have("curl", "--version") || !have("tftp", "-V") {
+    if !have_program("curl", "--version", INSTALL) || !have_program("tftp", "-V", INSTALL) {
         return;
     }
     let (s, tftp, _) = server().await;
@@ -180,22 +166,8 @@ print("stamp", root.findtext("versionStamp"))
 "#;
 
 fn python_facts(xml: &[u8]) -> Vec<String> {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .args(["-c", PY_FACTS])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(xml).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "python could not parse the file: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
+    let out = python_stdin("python could not parse the file", PY_FACTS, xml);
+    String::from_utf8(out)
         .unwrap()
         .lines()
         .map(str::to_owned)
@@ -204,7 +176,7 @@ fn python_facts(xml: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_file_parses_with_python_and_matches_the_golden_file() {
-    if !have("python3", "--version") {
+    if !have_program("python3", "--version", INSTALL) {
         return;
     }
     let (s, _, _) = server().await;
@@ -335,13 +307,7 @@ async fn http_revalidation_and_admin_changes_show_on_the_next_fetch() {
     assert!(text(&third).contains("<displayName>Alice Two</displayName>"));
 
     // A node's ports (admin API for nodes): the next fetch advertises the new port.
-    let (st, body) = s
-        .api(
-            Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_mra_oauth_port": 6091})),
-        )
-        .await;
+    let (st, body) = s.patch_node(json!({"sip_mra_oauth_port": 6091})).await;
     assert_eq!(st, 200, "PATCH nodes/node1: {body}");
     let (_, _, fourth) = http_get(&s, "CSFalice.cnf.xml", &[]).await;
     assert!(
@@ -358,14 +324,8 @@ async fn https_6971_serves_a_device_file_only_to_its_owner() {
     s.add_user_and_device("alice", "pw-alice", "CSFalice", &["1010"], true);
     s.add_user_and_device("bob", "pw-bob", "CSFbob", &["2000"], true);
     s.oauth_mode(true);
-    let alice = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bob = s.password_token("bob", "pw-bob").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alice = s.access_token("alice", "pw-alice").await;
+    let bob = s.access_token("bob", "pw-bob").await;
     let url = format!("https://localhost:{https}/CSFalice.cnf.xml");
     let get = |token: Option<String>| {
         let mut req = s.http().get(&url);
@@ -392,7 +352,7 @@ async fn https_6971_serves_a_device_file_only_to_its_owner() {
     assert_eq!(body.to_vec(), plain, "same bytes as on 6970");
 
     // The same with curl over TLS, trusting the server's CA.
-    if have("curl", "--version") {
+    if have_program("curl", "--version", INSTALL) {
         let ca = s.dir.path().join("ca.pem");
         std::fs::write(&ca, s.ca_pem()).unwrap();
         let ca = ca.to_str().unwrap();
@@ -582,7 +542,7 @@ async fn tftp_errors_and_option_negotiation() {
     assert_eq!(blocks.len(), want.len() / 100 + 1);
 
     // curl reports the refusals as TFTP errors (68 = not found, 69 = permission).
-    if have("curl", "--version") {
+    if have_program("curl", "--version", INSTALL) {
         let (code, _, _) = curl(&[&format!("tftp://127.0.0.1:{tftp}/CSFnobody.cnf.xml")]);
         assert_eq!(code, 68);
         let upload = s.dir.path().join("up.txt");
@@ -689,7 +649,7 @@ async fn tftp_block_numbers_wrap_around_on_a_big_cache_list() {
     assert_eq!(blocks[65_535], 0, "block 65535 is followed by block 0");
     assert_eq!(blocks.len(), want.len() / 8 + 1);
 
-    if have("curl", "--version") {
+    if have_program("curl", "--version", INSTALL) {
         let url = format!("tftp://127.0.0.1:{tftp}/ConfigFileCacheList.txt");
         let (code, body, err) = curl(&["--tftp-blksize", "8", &url]);
         assert_eq!(code, 0, "{err}");

@@ -11,67 +11,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use reqwest::Method;
 use serde_json::{json, Value};
-use sipreg_e2e::{free_port, peers_required, Server};
+use sipreg_e2e::peers::{have_tool, sipp_log};
+use sipreg_e2e::pki::TestCa;
+use sipreg_e2e::{free_port, Server};
 
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            !peers_required(),
-            "{tool} is required under CI=true (scripts/test installs it)"
-        );
-        eprintln!("skipping: {tool} is not installed");
-    }
-    found
-}
+/// Where the peers these tests need come from.
+const INSTALL: &str = "scripts/test installs it";
 
 // === test PKI ===
 
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn test_ca(name: &str) -> TestCa {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = p.self_signed(&key).unwrap();
-    TestCa {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
 /// Writes `stem.pem` / `stem.key` for a client certificate with this CN and these SANs.
 fn issue(ca: &TestCa, dir: &Path, stem: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ClientAuth,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    ];
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    let (cert, key) = ca.identity(
+        cn,
+        sans,
+        &[
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ],
+    );
     let (c, k) = (
         dir.join(format!("{stem}.pem")),
         dir.join(format!("{stem}.key")),
     );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
     (c, k)
 }
 
@@ -80,13 +47,7 @@ fn issue(ca: &TestCa, dir: &Path, stem: &str, cn: &str, sans: &[&str]) -> (PathB
 async fn mra_server(ca: &TestCa) -> (Server, u16) {
     let s = Server::start().await;
     let port = free_port();
-    let (st, body) = s
-        .api(
-            Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_mra_oauth_port": port})),
-        )
-        .await;
+    let (st, body) = s.patch_node(json!({"sip_mra_oauth_port": port})).await;
     assert_eq!(st, 200, "{body}");
     s.add_user_and_device("alice", "pw-alice", "CSFalice", &["1010"], true);
     let ca_file = s.dir.path().join("edge-ca.pem");
@@ -180,11 +141,11 @@ Content-Length: 0\r\n\r\n",
 
 #[tokio::test]
 async fn openssl_s_client_needs_a_trusted_registered_certificate() {
-    if !have("openssl") {
+    if !have_tool("openssl", INSTALL) {
         return;
     }
-    let ca = test_ca("Edge Test CA");
-    let stranger = test_ca("Stranger CA");
+    let ca = TestCa::new("Edge Test CA");
+    let stranger = TestCa::new("Stranger CA");
     let (s, port) = mra_server(&ca).await;
     let dir = s.dir.path();
     let server_ca = s.data_dir.join("tls/ca.pem");
@@ -441,25 +402,15 @@ fn sipp_via(dir: &Path, edge_port: u16, line: &str, token: &str, timeout: &str) 
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
-    for e in std::fs::read_dir(work.path()).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with("_errors.log") || name.ends_with("_messages.log") {
-            log.push_str(&format!(
-                "\n--- {name}\n{}",
-                std::fs::read_to_string(e.path()).unwrap_or_default()
-            ));
-        }
-    }
-    (out.status.success(), log)
+    (out.status.success(), sipp_log(&out.stdout, work.path()))
 }
 
 #[tokio::test]
 async fn kamailio_relays_registers_over_mtls_until_its_edge_entry_is_removed() {
-    if !have("kamailio") || !have("sipp") {
+    if !have_tool("kamailio", INSTALL) || !have_tool("sipp", INSTALL) {
         return;
     }
-    let ca = test_ca("Edge Test CA");
+    let ca = TestCa::new("Edge Test CA");
     let (s, mra_port) = mra_server(&ca).await;
     let dir = s.dir.path().to_path_buf();
     let id = issue(
@@ -485,10 +436,7 @@ async fn kamailio_relays_registers_over_mtls_until_its_edge_entry_is_removed() {
         &id,
         &s.data_dir.join("tls/ca.pem"),
     );
-    let token = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("alice", "pw-alice").await;
 
     // sipp registers through Kamailio, queries the binding, and is refused with a bad token.
     let (ok, trace) = sipp_via(&dir, sip_port, "1010", &token, "30s");
@@ -607,12 +555,11 @@ fn curl_axl(s: &Server, password: &str, op: &str, inner: &str) -> (u16, String) 
 
 #[tokio::test]
 async fn axl_expressway_c_operations_through_curl() {
-    if !have("curl") {
+    if !have_tool("curl", INSTALL) {
         return;
     }
     let s = Server::start().await;
-    let admin = std::fs::read_to_string(s.data_dir.join("admin-token")).unwrap();
-    let admin = admin.trim();
+    let admin = &s.admin_token();
 
     let (code, _) = curl_axl(&s, "wrong", "listExpresswayCConfiguration", "");
     assert_eq!(code, 401);

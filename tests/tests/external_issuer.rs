@@ -1,36 +1,12 @@
 //! Tokens of a trusted external issuer (an enterprise IdP) minted by PyJWT register like ours;
 //! PyJWT forgeries are refused; removing the issuer ends its tokens.
 
-use sipreg_e2e::{peers_required, Register, Server};
+use sipreg_e2e::peers::{have_pyjwt, python};
+use sipreg_e2e::Server;
 
-fn have_pyjwt() -> bool {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import jwt, cryptography"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            !peers_required(),
-            "PyJWT is required under CI=true (pip install pyjwt cryptography)"
-        );
-        eprintln!("SKIP: PyJWT not installed (pip install pyjwt cryptography)");
-    }
-    have
-}
-
+/// One REGISTER of dave's line with `token` on a fresh connection; returns the status code.
 async fn register(s: &Server, token: &str, n: u32) -> u16 {
-    let mut c = s.sip_connect().await.unwrap();
-    let call_id = format!("ext-{n}");
-    let r = c
-        .request(
-            &Register::new("4000", &call_id, 1, c.local)
-                .bearer(token)
-                .build(),
-        )
-        .await
-        .unwrap();
-    r.code
+    s.register_once("4000", &format!("ext-{n}"), token).await
 }
 
 #[tokio::test]
@@ -44,22 +20,17 @@ async fn pyjwt_tokens_of_a_trusted_issuer_register_and_forgeries_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let iss = "https://idp.corp.example/tenant";
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/external_idp.py");
-    let out = std::process::Command::new("python3")
-        .args([
+    let out = python(
+        "external_idp.py",
+        &[
             script,
             dir.path().to_str().unwrap(),
             iss,
             "api://sipreg",
             "dave@corp",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let tokens: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let jwks = dir.path().join("jwks.json");
 
     // Before the issuer is trusted, its token is nobody's.
@@ -179,17 +150,11 @@ impl Drop for JwksServer {
 /// Runs tests/scripts/idp_keys.py; returns its stdout, trimmed.
 fn idp(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/idp_keys.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "idp_keys.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let argv: Vec<&str> = std::iter::once(script)
+        .chain(args.iter().copied())
+        .collect();
+    let out = python(&format!("idp_keys.py {args:?}"), &argv);
+    String::from_utf8_lossy(&out).trim().to_owned()
 }
 
 #[tokio::test]

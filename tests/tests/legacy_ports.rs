@@ -77,11 +77,6 @@ async fn tls_options(s: &Server, port: u16) -> Option<u16> {
         .map(|r| r.code)
 }
 
-async fn patch(s: &Server, body: Value) -> (u16, Value) {
-    s.api(reqwest::Method::PATCH, "nodes/node1", Some(body))
-        .await
-}
-
 async fn node(s: &Server) -> Value {
     s.api(reqwest::Method::GET, "nodes/node1", None).await.1
 }
@@ -98,7 +93,7 @@ async fn legacy_ports_move_live_refuse_clashes_and_survive_a_restart() {
 
     // Move UDP and TCP to a free port, without a restart.
     let new = free_port();
-    let (st, body) = patch(&s, json!({"sip_port": new})).await;
+    let (st, body) = s.patch_node(json!({"sip_port": new})).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["sip_port"], new);
     assert_eq!(udp_options(new, Duration::from_secs(5)).await, Some(200));
@@ -122,13 +117,13 @@ async fn legacy_ports_move_live_refuse_clashes_and_survive_a_restart() {
         (s.sip_oauth_port, "sip_oauth_port"),
         (s.secured_sip_port, "secured_sip_port"),
     ] {
-        let (st, p) = patch(&s, json!({"sip_port": taken})).await;
+        let (st, p) = s.patch_node(json!({"sip_port": taken})).await;
         assert_eq!((st, p["field"].as_str()), (409, Some("sip_port")), "{p}");
         assert!(p["detail"].as_str().unwrap().contains(what), "{what}: {p}");
     }
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let squat = squatter.local_addr().unwrap().port();
-    let (st, p) = patch(&s, json!({"sip_port": squat})).await;
+    let (st, p) = s.patch_node(json!({"sip_port": squat})).await;
     assert_eq!((st, p["field"].as_str()), (409, Some("sip_port")), "{p}");
     drop(squatter);
     assert_eq!(node(&s).await["sip_port"], new, "the store keeps the port");
@@ -139,7 +134,7 @@ async fn legacy_ports_move_live_refuse_clashes_and_survive_a_restart() {
     let old_tls = s.secured_sip_port;
     assert_eq!(tls_options(&s, old_tls).await, Some(200));
     let new_tls = free_port();
-    let (st, body) = patch(&s, json!({"secured_sip_port": new_tls})).await;
+    let (st, body) = s.patch_node(json!({"secured_sip_port": new_tls})).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(tls_options(&s, new_tls).await, Some(200));
     assert_eq!(
@@ -178,7 +173,7 @@ async fn legacy_ports_move_live_refuse_clashes_and_survive_a_restart() {
 async fn a_switched_off_legacy_transport_stays_closed_when_its_port_moves() {
     let s = Server::start_with(&["--no-legacy"]).await;
     let new = free_port();
-    let (st, body) = patch(&s, json!({"sip_port": new})).await;
+    let (st, body) = s.patch_node(json!({"sip_port": new})).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["sip_port"], new, "recorded and advertised");
     assert_eq!(tcp_options(new).await, None, "TCP stays off");

@@ -5,22 +5,22 @@
 //! parser in Python. A missing peer (python3, curl, tftp) skips with a message, and fails under
 //! CI=true.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    PKCS_ECDSA_P256_SHA256,
-};
-use reqwest::Method;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rcgen::ExtendedKeyUsagePurpose;
+use rustls::pki_types::ServerName;
 use serde_json::json;
-use sipreg_e2e::{free_port, peers_required, sipreg_bin, Register, Server};
+use sipreg_e2e::jwt::{forge, now};
+use sipreg_e2e::peers::{have_program, python_stdin};
+use sipreg_e2e::pki::TestCa;
+use sipreg_e2e::{client_tls_as, free_port, sipreg_bin, Register, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Where the peers these tests need come from.
+const INSTALL: &str = "scripts/test installs it";
 
 /// The value of one series (name plus labels exactly as rendered), 0 when absent.
 fn sample(body: &str, series: &str) -> u64 {
@@ -30,23 +30,6 @@ fn sample(body: &str, series: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
         .unwrap_or(0)
-}
-
-fn have(program: &str, version_arg: &str) -> bool {
-    let ok = Command::new(program)
-        .arg(version_arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            !peers_required(),
-            "{program} is required under CI=true (scripts/test installs it)"
-        );
-        eprintln!("SKIP: {program} is not installed");
-    }
-    ok
 }
 
 /// A strict reader of the Prometheus text format 0.0.4: every sample's family has HELP and TYPE
@@ -95,29 +78,15 @@ print(len(seen))
 
 /// Checks `body` with [`STRICT_PARSER`]; false when python3 is missing (skip).
 fn parses_strictly(body: &str) -> bool {
-    if !have("python3", "--version") {
+    if !have_program("python3", "--version", INSTALL) {
         return false;
     }
-    let mut child = Command::new("python3")
-        .args(["-c", STRICT_PARSER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the exposition does not parse: {}\n{body}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = python_stdin(
+        &format!("the exposition does not parse\n{body}\n"),
+        STRICT_PARSER,
+        body.as_bytes(),
     );
-    let n: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let n: usize = String::from_utf8_lossy(&out).trim().parse().unwrap();
     assert!(n > 50, "{n} series");
     true
 }
@@ -133,25 +102,6 @@ async fn scrape(s: &Server) -> String {
     r.text().await.unwrap()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn forge(kid: &str, pem: &str, claims: serde_json::Value) -> String {
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    h.typ = Some("at+jwt".into());
-    h.kid = Some(kid.into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_successful_and_rejected_registers() {
     let s = Server::start().await;
@@ -162,18 +112,8 @@ async fn metrics_count_successful_and_rejected_registers() {
     assert_eq!(sample(&before, "sipreg_bindings"), 0);
     parses_strictly(&before);
 
-    let token = s.password_token("mia", "pw-mia").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (st, body) = s
-        .token_request(&[
-            ("grant_type", "password"),
-            ("username", "mia"),
-            ("password", "wrong"),
-            ("client_id", "softphone"),
-        ])
-        .await;
+    let token = s.access_token("mia", "pw-mia").await;
+    let (st, body) = s.password_grant("mia", "wrong").await;
     assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")));
     let (kid, pem) = s.signing_key();
     let expired = forge(
@@ -292,59 +232,14 @@ async fn metrics_count_successful_and_rejected_registers() {
 
 // === MRA handshakes ===
 
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn test_ca(name: &str) -> TestCa {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::default();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = p.self_signed(&key).unwrap();
-    TestCa {
-        pem: cert.pem(),
-        issuer: Issuer::new(p, key),
-    }
-}
-
-/// A client identity (certificate PEM, key PEM) with this CN and SANs.
-fn identity(ca: &TestCa, cn: &str, sans: &[&str]) -> (String, String) {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
+/// The key usage of an edge's client certificate.
+const CLIENT: &[ExtendedKeyUsagePurpose] = &[ExtendedKeyUsagePurpose::ClientAuth];
 
 /// A TLS handshake with the MRA port presenting `id` (or nothing), then one OPTIONS; the server
 /// decides on the certificate after the client's side of a TLS 1.3 handshake is done, so the
 /// refusal shows up as a failed read.
 async fn mra_attempt(port: u16, ca_pem: &[u8], id: Option<&(String, String)>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let cfg = match id {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .map(|c| c.unwrap())
-                    .collect(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
+    let cfg = client_tls_as(ca_pem, id.map(|(c, k)| (c.as_str(), k.as_str())));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let Ok(mut tls) = connector
@@ -385,15 +280,9 @@ async fn wait_for(s: &Server, series: &str, want: u64) -> String {
 async fn mra_handshake_failures_are_counted_by_reason() {
     let s = Server::start().await;
     let port = free_port();
-    let (st, body) = s
-        .api(
-            Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_mra_oauth_port": port})),
-        )
-        .await;
+    let (st, body) = s.patch_node(json!({"sip_mra_oauth_port": port})).await;
     assert_eq!(st, 200, "{body}");
-    let ca = test_ca("Metrics Edge CA");
+    let ca = TestCa::new("Metrics Edge CA");
     let ca_file = s.dir.path().join("edge-ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let (code, out, err) = s.cli(&["trust", "add", ca_file.to_str().unwrap()], None);
@@ -411,17 +300,17 @@ async fn mra_handshake_failures_are_counted_by_reason() {
         assert_eq!(sample(&before, &mra(r)), 0, "{before}");
     }
 
-    let rogue = identity(&ca, "rogue.example.test", &["rogue.example.test"]);
+    let rogue = ca.identity("rogue.example.test", &["rogue.example.test"], CLIENT);
     mra_attempt(port, &s.ca_pem(), Some(&rogue)).await;
     wait_for(&s, &mra("edge_not_registered"), 1).await;
 
     mra_attempt(port, &s.ca_pem(), None).await;
     wait_for(&s, &mra("no_client_cert"), 1).await;
 
-    let stranger = identity(
-        &test_ca("Stranger CA"),
+    let stranger = TestCa::new("Stranger CA").identity(
         "good.edge.example.test",
         &["good.edge.example.test"],
+        CLIENT,
     );
     mra_attempt(port, &s.ca_pem(), Some(&stranger)).await;
     let after = wait_for(&s, &mra("untrusted_chain"), 1).await;
@@ -440,7 +329,7 @@ async fn mra_handshake_failures_are_counted_by_reason() {
 
 #[tokio::test]
 async fn config_fetches_are_counted_by_transport_and_result() {
-    if !have("curl", "--version") || !have("tftp", "-V") {
+    if !have_program("curl", "--version", INSTALL) || !have_program("tftp", "-V", INSTALL) {
         return;
     }
     let tftp_port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -548,13 +437,7 @@ async fn metrics_listener_serves_plain_http_on_its_own_port() {
     // Still on the API port, too.
     assert!(scrape(&s).await.contains("sipreg_build_info"));
     // The admin API will not move a SIP listener onto the metrics port.
-    let (st, body) = s
-        .api(
-            Method::PATCH,
-            "nodes/node1",
-            Some(json!({"sip_oauth_port": port})),
-        )
-        .await;
+    let (st, body) = s.patch_node(json!({"sip_oauth_port": port})).await;
     assert!(st == 409 || st == 422, "{st} {body}");
 }
 

@@ -11,7 +11,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
-use sipreg_e2e::{peers_required, Register, Server};
+use sipreg_e2e::peers::{have_peer, have_pyjwt, python};
+use sipreg_e2e::{Register, Server};
 
 /// RFC 7636 Appendix B: a verifier and its S256 challenge.
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -23,24 +24,6 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Whether a peer is present; without it the test skips, or fails under CI=true.
-fn have_peer(name: &str, probe: &mut Command, install: &str) -> bool {
-    let ok = probe
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            !peers_required(),
-            "{name} is required under CI=true ({install})"
-        );
-        eprintln!("SKIP: {name} not installed ({install})");
-    }
-    ok
-}
-
 fn have_chromium() -> bool {
     have_peer(
         "chromium",
@@ -49,14 +32,6 @@ fn have_chromium() -> bool {
             "command -v chromium || command -v chromium-browser || command -v google-chrome",
         ]),
         "apt-get install chromium",
-    )
-}
-
-fn have_pyjwt() -> bool {
-    have_peer(
-        "PyJWT",
-        Command::new("python3").args(["-c", "import jwt, cryptography"]),
-        "pip install pyjwt cryptography",
     )
 }
 
@@ -72,17 +47,8 @@ async fn ready() -> Server {
 async fn register(s: &Server, token: &str) -> u16 {
     static CALL: AtomicU32 = AtomicU32::new(0);
     let n = CALL.fetch_add(1, Ordering::Relaxed);
-    let call_id = format!("oauth-flows-{n}");
-    let mut c = s.sip_connect().await.unwrap();
-    let r = c
-        .request(
-            &Register::new("1010", &call_id, 1, c.local)
-                .bearer(token)
-                .build(),
-        )
+    s.register_once("1010", &format!("oauth-flows-{n}"), token)
         .await
-        .unwrap();
-    r.code
 }
 
 async fn post_form(s: &Server, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
@@ -119,13 +85,6 @@ async fn introspect(s: &Server, token: &str, secret: Option<&str>) -> (u16, Valu
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-fn admin_token(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir.join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 fn query_param(path: &str, name: &str) -> Option<String> {
     let query = path.split_once('?')?.1;
     query.split('&').find_map(|kv| {
@@ -148,18 +107,7 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     let issuer = s.base();
 
     // Discovery (RFC 8414) tells the client where everything is.
-    let meta: Value = s
-        .http()
-        .get(format!(
-            "{}/.well-known/oauth-authorization-server",
-            s.base()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = s.oauth_metadata().await;
     assert_eq!(meta["issuer"], issuer.as_str());
     assert_eq!(meta["code_challenge_methods_supported"], json!(["S256"]));
     let authorize = meta["authorization_endpoint"].as_str().unwrap();
@@ -264,7 +212,7 @@ async fn authorization_code_in_headless_chromium_then_refresh_reuse_revoke_intro
     assert_eq!(status, 401);
     let (status, _) = introspect(&s, &access, Some("wrong")).await;
     assert_eq!(status, 401);
-    let admin = admin_token(&s);
+    let admin = s.admin_token();
     let (status, info) = introspect(&s, &access, Some(&admin)).await;
     assert_eq!(status, 200);
     assert_eq!(info["active"], true);
@@ -421,10 +369,7 @@ async fn pyjwt_interop_both_ways_and_its_forgeries_are_refused() {
         .text()
         .await
         .unwrap();
-    let ours = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ours = s.access_token("alice", "pw-alice").await;
     let script = r#"
 import json, sys, time, base64, hmac, hashlib, jwt
 from cryptography.hazmat.primitives import serialization
@@ -476,16 +421,8 @@ out = {
 }
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &pem, &kid, &issuer, &jwks, &ours])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let minted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = python("PyJWT", &["-c", script, &pem, &kid, &issuer, &jwks, &ours]);
+    let minted: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(
         register(&s, minted["valid"].as_str().unwrap()).await,
         200,
@@ -503,8 +440,9 @@ print(json.dumps(out))
         );
     }
     // The duplicate-member forgery needs hand-made JSON: two `sub`s, real signature.
-    let dup = Command::new("python3")
-        .args([
+    let dup = python(
+        "PyJWT duplicate member",
+        &[
             "-c",
             r#"
 import sys, json, time, base64, jwt
@@ -522,15 +460,9 @@ print(h + "." + p + "." + b64(sig))
             &pem,
             &kid,
             &issuer,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        dup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dup.stderr)
+        ],
     );
-    let dup = String::from_utf8(dup.stdout).unwrap();
+    let dup = String::from_utf8(dup).unwrap();
     assert_eq!(register(&s, dup.trim()).await, 401, "duplicate `sub`");
     // A refresh token presented as an access token.
     let refresh_token = s.password_token("alice", "pw-alice").await["refresh_token"]
@@ -543,10 +475,7 @@ print(h + "." + p + "." + b64(sig))
 #[tokio::test]
 async fn key_rotation_keeps_old_tokens_working_until_revoke_previous() {
     let s = ready().await;
-    let old = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old = s.access_token("alice", "pw-alice").await;
     assert_eq!(register(&s, &old).await, 200);
 
     let (code, out, err) = s.cli(&["keys", "rotate"], None);
@@ -573,10 +502,7 @@ async fn key_rotation_keeps_old_tokens_working_until_revoke_previous() {
         "old key still published"
     );
 
-    let new = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let new = s.access_token("alice", "pw-alice").await;
     assert_ne!(
         new.split('.').next(),
         old.split('.').next(),
@@ -595,10 +521,7 @@ async fn key_rotation_keeps_old_tokens_working_until_revoke_previous() {
     let (_, keys) = s.api(reqwest::Method::GET, "keys", None).await;
     assert_eq!(keys.as_array().unwrap().len(), 1, "{keys}");
     assert_eq!(keys[0]["state"], "active");
-    let fresh = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let fresh = s.access_token("alice", "pw-alice").await;
     assert_eq!(register(&s, &fresh).await, 200);
 }
 
@@ -612,10 +535,7 @@ async fn user_revoke_tokens_makes_the_next_register_fail_at_once() {
     assert_eq!(register(&s, &access).await, 200);
     // Registered twice: the second REGISTER is answered from the verified-token cache.
     assert_eq!(register(&s, &access).await, 200);
-    let bob = s.password_token("bob", "pw-bob").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bob = s.access_token("bob", "pw-bob").await;
 
     let (code, out, err) = s.cli(&["user", "revoke-tokens", "alice"], None);
     assert_eq!(code, 0, "{out}{err}");
@@ -640,10 +560,7 @@ async fn user_revoke_tokens_makes_the_next_register_fail_at_once() {
         .unwrap();
     assert_eq!(r.code, 200, "{}", r.text);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let again = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let again = s.access_token("alice", "pw-alice").await;
     assert_eq!(register(&s, &again).await, 200);
 
     // The API form, per client; an unknown user is a 404.
@@ -740,30 +657,12 @@ async fn the_password_grant_can_be_switched_off_in_the_config() {
     std::fs::write(&path, "[tokens]\npassword_grant = false\n").unwrap();
     let s = Server::start_with(&["--config", path.to_str().unwrap()]).await;
     s.add_user_and_device("alice", "pw-alice", "CSFalice", &["1010"], true);
-    let (status, body) = s
-        .token_request(&[
-            ("grant_type", "password"),
-            ("username", "alice"),
-            ("password", "pw-alice"),
-            ("client_id", "softphone"),
-        ])
-        .await;
+    let (status, body) = s.password_grant("alice", "pw-alice").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("unsupported_grant_type"))
     );
-    let meta: Value = s
-        .http()
-        .get(format!(
-            "{}/.well-known/oauth-authorization-server",
-            s.base()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta = s.oauth_metadata().await;
     assert_eq!(
         meta["grant_types_supported"],
         json!(["authorization_code", "refresh_token"])

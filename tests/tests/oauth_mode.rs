@@ -62,10 +62,7 @@ async fn state_and_tokens_survive_a_restart() {
     let mut s = Server::start().await;
     s.add_user_and_device("erin", "pw-erin", "CSFerin", &["5000"], true);
     s.oauth_mode(true);
-    let token = s.password_token("erin", "pw-erin").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("erin", "pw-erin").await;
     let jwks_before = s
         .http()
         .get(format!("{}/oauth/jwks.json", s.base()))

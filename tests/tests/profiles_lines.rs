@@ -9,10 +9,7 @@ async fn a_rejected_register_logs_one_line_with_the_check_and_without_the_token(
     s.add_user_and_device("alice", "pw", "CSFalice", &["1010"], true);
     s.add_user_and_device("bob", "pw-bob", "CSFbob", &["2020"], true);
     s.oauth_mode(true);
-    let token = s.password_token("bob", "pw-bob").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("bob", "pw-bob").await;
 
     let mut sip = s.sip_connect().await.unwrap();
     // The challenge that starts authentication is not a rejection.
@@ -69,13 +66,6 @@ async fn a_rejected_register_logs_one_line_with_the_check_and_without_the_token(
     assert!(!log.contains("not.a.token"), "nor a bad one");
 }
 
-fn admin_token(s: &Server) -> String {
-    std::fs::read_to_string(s.data_dir.join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 /// A request with the admin token and optional If-Match; returns status, ETag, headers and JSON.
 async fn call(
     s: &Server,
@@ -87,7 +77,7 @@ async fn call(
     let mut req = s
         .http()
         .request(method, format!("{}/api/v1/{path}", s.base()))
-        .bearer_auth(admin_token(s));
+        .bearer_auth(s.admin_token());
     if let Some(m) = if_match {
         req = req.header("If-Match", m);
     }
@@ -226,10 +216,7 @@ async fn security_profiles_drive_oauth_registration_live() {
 
     // The registrar enforces the profile: OAuth off → the port-mismatch 403 naming the profile.
     s.oauth_mode(true);
-    let token = s.password_token("carol", "pw-carol").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("carol", "pw-carol").await;
     let mut sip = s.sip_connect().await.unwrap();
     let r = sip
         .request(

@@ -1,6 +1,7 @@
 //! REGISTER over TLS on the SIP OAuth port: challenges, success, unregister, 401 and 403 cases.
 
 use serde_json::json;
+use sipreg_e2e::jwt::{forge, now};
 use sipreg_e2e::{Register, Server};
 
 async fn ready() -> Server {
@@ -63,10 +64,7 @@ async fn unauthenticated_register_is_challenged_in_both_dialects() {
 #[tokio::test]
 async fn a_valid_token_registers_refreshes_and_unregisters() {
     let s = ready().await;
-    let token = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("alice", "pw-alice").await;
     let mut c = s.sip_connect().await.unwrap();
 
     let r = c
@@ -141,18 +139,6 @@ async fn a_valid_token_registers_refreshes_and_unregisters() {
     assert!(r.headers("Contact").is_empty(), "{}", r.text);
 }
 
-fn forge(kid: &str, pem: &str, claims: serde_json::Value) -> String {
-    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    h.typ = Some("at+jwt".into());
-    h.kid = Some(kid.into());
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
-
 fn b64(v: &serde_json::Value) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
@@ -162,10 +148,7 @@ fn b64(v: &serde_json::Value) -> String {
 async fn bad_tokens_get_401_invalid_token() {
     let s = ready().await;
     let (kid, pem) = s.signing_key();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = now();
     let iss = format!("https://localhost:{}", s.https_port);
     let claims = |exp: i64, aud: &str| {
         json!({"iss": iss, "sub": "alice", "aud": aud, "exp": exp, "iat": now - 10, "jti": "j1",
@@ -227,14 +210,8 @@ async fn bad_tokens_get_401_invalid_token() {
 #[tokio::test]
 async fn authorization_failures_get_403_with_a_warning() {
     let s = ready().await;
-    let alice = s.password_token("alice", "pw-alice").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let dave = s.password_token("dave", "pw-dave").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alice = s.access_token("alice", "pw-alice").await;
+    let dave = s.access_token("dave", "pw-dave").await;
     let mut c = s.sip_connect().await.unwrap();
 
     // Alice names Bob's device.

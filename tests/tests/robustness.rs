@@ -11,10 +11,7 @@ async fn many_slow_connections_do_not_starve_a_fresh_client() {
     let s = Server::start().await;
     s.add_user_and_device("sam", "pw-sam", "CSFsam", &["8000"], true);
     s.oauth_mode(true);
-    let token = s.password_token("sam", "pw-sam").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("sam", "pw-sam").await;
 
     // 150 connections that never start TLS, and 50 that complete TLS then dribble half a header.
     let mut idle = Vec::new();
@@ -65,10 +62,7 @@ async fn bindings_survive_a_restart_with_their_remaining_lifetime() {
     let mut s = Server::start().await;
     s.add_user_and_device("rob", "pw-rob", "CSFrob", &["8100"], true);
     s.oauth_mode(true);
-    let token = s.password_token("rob", "pw-rob").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = s.access_token("rob", "pw-rob").await;
     {
         let mut c = s.sip_connect().await.unwrap();
         let r = c

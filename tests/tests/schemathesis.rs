@@ -1,29 +1,22 @@
 //! schemathesis (PyPI), a fuzzer no one here wrote, runs the OpenAPI document against a live server:
 //! no 5xx, every status code and content type documented, every body matching its schema.
 
-use sipreg_e2e::{peers_required, Server};
+use sipreg_e2e::peers::have_peer;
+use sipreg_e2e::Server;
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
-    let have = std::process::Command::new("schemathesis")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            !peers_required(),
-            "schemathesis is required under CI=true (pip install schemathesis)"
-        );
-        eprintln!("SKIP: schemathesis not installed (pip install schemathesis)");
+    let found = have_peer(
+        "schemathesis",
+        std::process::Command::new("schemathesis").arg("--version"),
+        "pip install schemathesis",
+    );
+    if !found {
         return;
     }
     let s = Server::start().await;
     s.add_user_and_device("seed", "pw-seed", "CSFseed", &["1300"], true);
-    let token = std::fs::read_to_string(s.data_dir.join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = s.admin_token();
     let work = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new("schemathesis")
         .current_dir(work.path())

@@ -5,25 +5,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sipreg_e2e::{free_port, peers_required, Server};
-
-/// Whether `cmd` runs; otherwise skip (or fail under CI=true).
-fn have(cmd: &str, package: &str) -> bool {
-    let ok = Command::new(cmd)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            !peers_required(),
-            "{cmd} is required under CI=true (apt-get install {package})"
-        );
-        eprintln!("SKIP: {cmd} not installed (apt-get install {package})");
-    }
-    ok
-}
+use sipreg_e2e::peers::{have_program, sipp_log};
+use sipreg_e2e::{free_port, Server};
 
 struct Stunnel {
     child: Child,
@@ -110,22 +93,14 @@ fn run_sipp(
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with("_errors.log") || name.ends_with("_messages.log") {
-            log.push_str(&format!(
-                "\n--- {name}\n{}",
-                std::fs::read_to_string(e.path()).unwrap_or_default()
-            ));
-        }
-    }
-    (out.status.success(), log)
+    (out.status.success(), sipp_log(&out.stdout, dir))
 }
 
 #[tokio::test]
 async fn sipp_register_life_cycle_over_tls_through_stunnel_with_bearer_tokens() {
-    if !have("sipp", "sip-tester") || !have("stunnel", "stunnel4") {
+    if !have_program("sipp", "-v", "apt-get install sip-tester")
+        || !have_program("stunnel", "-v", "apt-get install stunnel4")
+    {
         return;
     }
     let s = Server::start().await;
@@ -133,10 +108,7 @@ async fn sipp_register_life_cycle_over_tls_through_stunnel_with_bearer_tokens() 
     for (i, user) in ["amy", "ben", "cat"].iter().enumerate() {
         let line = format!("70{i:02}");
         s.add_user_and_device(user, "pw-sipp", &format!("CSF{user}"), &[&line], true);
-        let token = s.password_token(user, "pw-sipp").await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let token = s.access_token(user, "pw-sipp").await;
         csv.push_str(&format!("{line};{token};\n"));
     }
     s.oauth_mode(true);
@@ -166,7 +138,7 @@ async fn sipp_register_life_cycle_over_tls_through_stunnel_with_bearer_tokens() 
 /// told to offer MD5 first; SHA-256 is covered by the registrar's RFC 7616 test vectors.
 #[tokio::test]
 async fn sipp_digest_life_cycle_on_the_legacy_port_over_udp_and_tcp() {
-    if !have("sipp", "sip-tester") {
+    if !have_program("sipp", "-v", "apt-get install sip-tester") {
         return;
     }
     let work = tempfile::tempdir().unwrap();

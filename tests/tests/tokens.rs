@@ -1,6 +1,7 @@
 //! Token service end to end: password and refresh grants, rotation, JWKS verified by PyJWT.
 
-use sipreg_e2e::{peers_required, Register, Server, SipClient};
+use sipreg_e2e::peers::{have_pyjwt, python};
+use sipreg_e2e::{Register, Server, SipClient};
 
 #[tokio::test]
 async fn password_grant_then_refresh_rotates_and_the_old_refresh_token_dies() {
@@ -90,17 +91,7 @@ async fn bad_token_requests_get_rfc6749_errors_without_user_enumeration() {
 /// A peer no one here wrote — PyJWT — verifies our access token with our published JWKS.
 #[tokio::test]
 async fn pyjwt_verifies_the_access_token_against_the_jwks() {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import jwt, cryptography"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !have {
-        assert!(
-            !peers_required(),
-            "PyJWT is required under CI=true (pip install pyjwt cryptography)"
-        );
-        eprintln!("SKIP: PyJWT not installed (pip install pyjwt cryptography)");
+    if !have_pyjwt() {
         return;
     }
     let s = Server::start().await;
@@ -128,22 +119,17 @@ for c in ["sub", "client_id", "jti", "iat", "exp", "scope"]:
     assert c in claims, c
 print(json.dumps(claims))
 "#;
-    let out = std::process::Command::new("python3")
-        .args([
+    let out = python(
+        "PyJWT rejected the token",
+        &[
             "-c",
             script,
             &jwks,
             t["access_token"].as_str().unwrap(),
             &format!("https://localhost:{}", s.https_port),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "PyJWT rejected the token: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(claims["sub"], "carol");
     assert_eq!(claims["client_id"], "softphone");
     assert_eq!(
@@ -190,10 +176,7 @@ async fn revoking_one_clients_tokens_ends_its_access_tokens_only_and_can_drop_bi
         None,
     );
     assert_eq!(code, 0, "{o}{e}");
-    let soft = s.password_token("frank", "pw-frank").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let soft = s.access_token("frank", "pw-frank").await;
     let (status, t) = s
         .token_request(&[
             ("grant_type", "password"),
@@ -204,10 +187,7 @@ async fn revoking_one_clients_tokens_ends_its_access_tokens_only_and_can_drop_bi
         .await;
     assert_eq!(status, 200, "{t}");
     let desk = t["access_token"].as_str().unwrap().to_owned();
-    let gina = s.password_token("gina", "pw-gina").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let gina = s.access_token("gina", "pw-gina").await;
 
     let mut c = s.sip_connect().await.unwrap();
     let mut cg = s.sip_connect().await.unwrap();

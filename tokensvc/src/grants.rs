@@ -509,6 +509,15 @@ pub(crate) mod tests {
         pub(crate) validator: AccessTokenValidator,
     }
 
+    impl Fixture {
+        /// `jdoe`'s password grant for `softphone` at [`NOW`], the usual first step.
+        pub(crate) async fn jdoe_login(&self) -> Result<TokenResponse, GrantError> {
+            self.service
+                .password_grant("jdoe", "secret", "softphone", None, None, NOW)
+                .await
+        }
+    }
+
     /// A service on a fresh store with user `jdoe` / `secret`.
     pub(crate) async fn fixture() -> Fixture {
         let (dir, store) = temp_store();
@@ -533,11 +542,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_password_grant_issues_a_valid_access_token_and_a_stored_refresh_token() {
         let f = fixture().await;
-        let resp = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let resp = f.jdoe_login().await.unwrap();
         assert_eq!(resp.token_type, "Bearer");
         assert_eq!(resp.expires_in, 3600);
         assert_eq!(resp.scope, "sip:register");
@@ -622,11 +627,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_refresh_token_is_rotated_and_the_old_one_is_rejected() {
         let f = fixture().await;
-        let first = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let first = f.jdoe_login().await.unwrap();
         let second = f
             .service
             .refresh_grant(
@@ -673,11 +674,7 @@ pub(crate) mod tests {
     async fn a_rotated_refresh_token_keeps_the_original_expiry() {
         let f = fixture().await;
         let ttl = f.service.config().refresh_ttl_secs;
-        let first = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let first = f.jdoe_login().await.unwrap();
         let second = f
             .service
             .refresh_grant(
@@ -745,11 +742,7 @@ pub(crate) mod tests {
             None
         );
 
-        let resp = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let resp = f.jdoe_login().await.unwrap();
         f.store.delete_user("jdoe").await.unwrap();
         let e = f
             .service
@@ -762,11 +755,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_refresh_cannot_widen_the_scope() {
         let f = fixture().await;
-        let first = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let first = f.jdoe_login().await.unwrap();
         let e = f.service.refresh_grant(
             first.refresh_token.as_ref().unwrap(),
             "softphone",
@@ -943,11 +932,7 @@ pub(crate) mod tests {
             ..Default::default()
         })
         .await;
-        let r = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let r = f.jdoe_login().await.unwrap();
         assert_eq!(r.expires_in, 300);
         assert!(r.refresh_token.is_none());
         let claims = f.validator.validate(&r.access_token, NOW).unwrap();
@@ -957,11 +942,7 @@ pub(crate) mod tests {
             ..Default::default()
         })
         .await;
-        let e = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap_err();
+        let e = f.jdoe_login().await.unwrap_err();
         assert!(matches!(e, GrantError::UnsupportedGrantType));
         let grants = f.service.metadata()["grant_types_supported"].clone();
         assert_eq!(
@@ -977,11 +958,7 @@ pub(crate) mod tests {
             ..TokenConfig::default()
         })
         .await;
-        let e = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap_err();
+        let e = f.jdoe_login().await.unwrap_err();
         assert!(matches!(e, GrantError::UnsupportedGrantType));
     }
 
@@ -992,11 +969,7 @@ pub(crate) mod tests {
             ..TokenConfig::default()
         })
         .await;
-        let resp = f
-            .service
-            .password_grant("jdoe", "secret", "softphone", None, None, NOW)
-            .await
-            .unwrap();
+        let resp = f.jdoe_login().await.unwrap();
         assert_eq!(resp.refresh_token, None);
         assert!(!serde_json::to_string(&resp)
             .unwrap()

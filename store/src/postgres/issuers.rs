@@ -39,6 +39,28 @@ fn read(r: &Row) -> Result<TrustedIssuer> {
     })
 }
 
+/// Runs `sql` (an INSERT or UPDATE) with the issuer's fields as `$1`..`$8`, in [`COLUMNS`] order.
+async fn execute(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    i: &TrustedIssuer,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        sql,
+        &[
+            &i.issuer,
+            &i.jwks_url,
+            &i.jwks_file,
+            &i.audience,
+            &i.user_claim,
+            &algorithms_json(&i.algorithms),
+            &i.description,
+            &i.updated_at,
+        ],
+    )
+    .await
+}
+
 impl PostgresStore {
     pub(super) async fn pg_create_issuer(&self, i: &TrustedIssuer) -> Result<()> {
         let mut c = self.client().await?;
@@ -46,44 +68,23 @@ impl PostgresStore {
         let sql = format!(
             "INSERT INTO trusted_issuers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
-        tx.execute(
-            &sql,
-            &[
-                &i.issuer,
-                &i.jwks_url,
-                &i.jwks_file,
-                &i.audience,
-                &i.user_claim,
-                &algorithms_json(&i.algorithms),
-                &i.description,
-                &i.updated_at,
-            ],
-        )
-        .await
-        .map_err(|e| unique_as_conflict(e, format!("issuer {}", i.issuer)))?;
+        execute(&tx, &sql, i)
+            .await
+            .map_err(|e| unique_as_conflict(e, format!("issuer {}", i.issuer)))?;
         self.commit(tx, Change::Issuer(i.issuer.clone())).await
     }
 
     pub(super) async fn pg_update_issuer(&self, i: &TrustedIssuer) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let n = tx
-            .execute(
-                "UPDATE trusted_issuers SET jwks_url = $2, jwks_file = $3, audience = $4,
-                   user_claim = $5, algorithms = $6, description = $7, updated_at = $8
-                 WHERE issuer = $1",
-                &[
-                    &i.issuer,
-                    &i.jwks_url,
-                    &i.jwks_file,
-                    &i.audience,
-                    &i.user_claim,
-                    &algorithms_json(&i.algorithms),
-                    &i.description,
-                    &i.updated_at,
-                ],
-            )
-            .await?;
+        let n = execute(
+            &tx,
+            "UPDATE trusted_issuers SET jwks_url = $2, jwks_file = $3, audience = $4,
+               user_claim = $5, algorithms = $6, description = $7, updated_at = $8
+             WHERE issuer = $1",
+            i,
+        )
+        .await?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("issuer {}", i.issuer)));
         }

@@ -78,23 +78,33 @@ pub(super) async fn resolve(
     Ok((name.to_owned(), row.try_get(0)?, model.to_owned()))
 }
 
+/// Runs `sql` (an INSERT or UPDATE) with the profile's fields as `$1`..`$5`, in [`COLUMNS`] order.
+async fn execute(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    p: &SecurityProfile,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        sql,
+        &[
+            &p.name,
+            &p.description,
+            &p.oauth,
+            &p.digest,
+            &p.transport.as_str(),
+        ],
+    )
+    .await
+}
+
 impl PostgresStore {
     pub(super) async fn pg_create_profile(&self, p: &SecurityProfile) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let sql = format!("INSERT INTO security_profiles ({COLUMNS}) VALUES ($1, $2, $3, $4, $5)");
-        tx.execute(
-            &sql,
-            &[
-                &p.name,
-                &p.description,
-                &p.oauth,
-                &p.digest,
-                &p.transport.as_str(),
-            ],
-        )
-        .await
-        .map_err(|e| unique_as_conflict(e, format!("security profile {}", p.name)))?;
+        execute(&tx, &sql, p)
+            .await
+            .map_err(|e| unique_as_conflict(e, format!("security profile {}", p.name)))?;
         self.commit(tx, Change::Profile(p.name.clone())).await
     }
 
@@ -117,19 +127,13 @@ impl PostgresStore {
     pub(super) async fn pg_update_profile(&self, p: &SecurityProfile, now: i64) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let n = tx
-            .execute(
-                "UPDATE security_profiles SET description = $2, oauth = $3, digest = $4,
-                 transport = $5 WHERE name = $1",
-                &[
-                    &p.name,
-                    &p.description,
-                    &p.oauth,
-                    &p.digest,
-                    &p.transport.as_str(),
-                ],
-            )
-            .await?;
+        let n = execute(
+            &tx,
+            "UPDATE security_profiles SET description = $2, oauth = $3, digest = $4,
+             transport = $5 WHERE name = $1",
+            p,
+        )
+        .await?;
         if n == 0 {
             return Err(StoreError::NotFound(format!("security profile {}", p.name)));
         }

@@ -1,6 +1,7 @@
 //! Cluster settings in the PostgreSQL backend: one row, one column per setting.
 
-use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Transaction};
 
 use super::PostgresStore;
 use crate::{Change, ClusterSettings, Result, StoreError};
@@ -56,55 +57,17 @@ impl PostgresStore {
     }
 
     pub(super) async fn write_settings(&self, s: &ClusterSettings) -> Result<()> {
-        s.validate()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        tx.execute(
-            "UPDATE cluster_settings SET oauth_mode = $1, access_token_lifetime_minutes = $2, \
-             refresh_token_lifetime_days = $3, refresh_login = $4, password_grant = $5, \
-             challenge_dialect = $6, default_expires = $7, min_expires = $8, max_expires = $9, \
-             seeded = TRUE WHERE id = 1",
-            &[
-                &s.oauth_mode,
-                &int(s.access_token_lifetime_minutes),
-                &int(s.refresh_token_lifetime_days),
-                &s.refresh_login,
-                &s.password_grant,
-                &s.challenge_dialect.as_str(),
-                &int(s.default_expires),
-                &int(s.min_expires),
-                &int(s.max_expires),
-            ],
-        )
-        .await?;
+        update(&tx, s, ", oauth_mode = $9 WHERE id = 1", Some(s.oauth_mode)).await?;
         self.commit(tx, Change::Cluster).await
     }
 
     pub(super) async fn seed_settings(&self, s: &ClusterSettings) -> Result<bool> {
-        s.validate()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // The row lock of the UPDATE makes exactly one of several starting nodes see 1 row.
-        let n = tx
-            .execute(
-                "UPDATE cluster_settings SET access_token_lifetime_minutes = $1, \
-                 refresh_token_lifetime_days = $2, refresh_login = $3, password_grant = $4, \
-                 challenge_dialect = $5, default_expires = $6, min_expires = $7, \
-                 max_expires = $8, seeded = TRUE WHERE id = 1 AND NOT seeded",
-                &[
-                    &int(s.access_token_lifetime_minutes),
-                    &int(s.refresh_token_lifetime_days),
-                    &s.refresh_login,
-                    &s.password_grant,
-                    &s.challenge_dialect.as_str(),
-                    &int(s.default_expires),
-                    &int(s.min_expires),
-                    &int(s.max_expires),
-                ],
-            )
-            .await?;
+        let n = update(&tx, s, " WHERE id = 1 AND NOT seeded", None).await?;
         if n == 0 {
             tx.commit().await?;
             return Ok(false);
@@ -112,4 +75,45 @@ impl PostgresStore {
         self.commit(tx, Change::Cluster).await?;
         Ok(true)
     }
+}
+
+/// Validates `s`, then sets every setting but OAuth mode (`$1`..`$8`) and marks the row seeded;
+/// `tail` ends the statement (its WHERE clause), and sets `oauth_mode = $9` when one is given.
+/// Returns the rows changed.
+async fn update(
+    tx: &Transaction<'_>,
+    s: &ClusterSettings,
+    tail: &str,
+    oauth_mode: Option<bool>,
+) -> Result<u64> {
+    s.validate()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let sql = format!(
+        "UPDATE cluster_settings SET access_token_lifetime_minutes = $1, \
+         refresh_token_lifetime_days = $2, refresh_login = $3, password_grant = $4, \
+         challenge_dialect = $5, default_expires = $6, min_expires = $7, max_expires = $8, \
+         seeded = TRUE{tail}"
+    );
+    let ints = [
+        int(s.access_token_lifetime_minutes),
+        int(s.refresh_token_lifetime_days),
+        int(s.default_expires),
+        int(s.min_expires),
+        int(s.max_expires),
+    ];
+    let dialect = s.challenge_dialect.as_str();
+    let mut values: Vec<&(dyn ToSql + Sync)> = vec![
+        &ints[0],
+        &ints[1],
+        &s.refresh_login,
+        &s.password_grant,
+        &dialect,
+        &ints[2],
+        &ints[3],
+        &ints[4],
+    ];
+    if let Some(m) = &oauth_mode {
+        values.push(m);
+    }
+    Ok(tx.execute(&sql, &values).await?)
 }
