@@ -344,14 +344,15 @@ fn config_render(c: &mut Criterion) {
 
 /// The store half of a refresh grant on SQLite (`use_refresh_token`, then
 /// `insert_refresh_token` of its successor) with 20,000 tokens already stored, as after a
-/// provisioning run: the cost that grows with the table.
+/// provisioning run: the cost that grows with the table; then the same rotation in one
+/// transaction (`rotate_refresh_token`).
 fn refresh_store(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("sipreg.db")).unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("sipreg.db")).unwrap());
     let record = |i: u64| RefreshToken {
         hash: format!("{i:064x}"),
         user_id: "bench".into(),
@@ -391,6 +392,54 @@ fn refresh_store(c: &mut Criterion) {
             });
             used += 1;
             next += 1;
+        })
+    });
+    // The same rotation as one transaction (`rotate_refresh_token`), as the grant does now.
+    g.bench_function("sqlite_refresh_rotate_one_tx_20k_stored", |b| {
+        b.iter(|| {
+            let succ = record(next);
+            rt.block_on(async {
+                let got = store
+                    .rotate_refresh_token(
+                        &format!("{used:064x}"),
+                        NOW,
+                        Box::new(move |_| Some(succ)),
+                    )
+                    .await
+                    .unwrap();
+                black_box(got);
+            });
+            used += 1;
+            next += 1;
+        })
+    });
+    g.finish();
+    // 16 rotations in flight, as 16 concurrent grant chains: the writer commits what queued
+    // together (group commit), so this is the store's rotation throughput under load.
+    const IN_FLIGHT: u64 = 16;
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(IN_FLIGHT));
+    g.bench_function("sqlite_refresh_rotate_16_in_flight_20k_stored", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut set = tokio::task::JoinSet::new();
+                for k in 0..IN_FLIGHT {
+                    let store = store.clone();
+                    let old = format!("{:064x}", used + k);
+                    let succ = record(next + k);
+                    set.spawn(async move {
+                        store
+                            .rotate_refresh_token(&old, NOW, Box::new(move |_| Some(succ)))
+                            .await
+                            .unwrap()
+                    });
+                }
+                while let Some(r) = set.join_next().await {
+                    black_box(r.unwrap());
+                }
+            });
+            used += IN_FLIGHT;
+            next += IN_FLIGHT;
         })
     });
     g.finish();

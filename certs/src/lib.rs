@@ -24,4 +24,6 @@ pub use install::{
 };
 pub use pki::{load_or_create, regenerate_server_cert, PkiPaths};
 pub use reload::ReloadableServerConfig;
-pub use tls::{client_config, client_config_with_cert, server_config, server_config_mtls};
+pub use tls::{
+    client_config, client_config_with_cert, server_config, server_config_mtls, sip_server_config,
+};

@@ -43,6 +43,18 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// The server config of the SIP TLS listeners (SIP OAuth port, legacy TLS port): as
+/// [`server_config`] without ALPN, and without TLS 1.3 session tickets.
+///
+/// A SIP client keeps one long-lived connection and reconnects rarely, so a ticket is almost
+/// never used, while issuing one costs an encryption, a write and cache memory on every handshake
+/// — paid 50,000 times in a reconnect storm. HTTPS keeps its tickets (short, repeated connections).
+pub fn sip_server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, CertError> {
+    let mut cfg = server_config(cert_chain_pem, key_pem, &[])?;
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
+}
+
 /// Like [`server_config`], but requires a client certificate that chains to `client_ca_pem` (MRA mTLS).
 ///
 /// This checks the chain, validity and clientAuth usage only; matching the peer's name against the
@@ -268,6 +280,19 @@ mod tests {
         // Alert record (21), fatal (2), protocol_version (70).
         assert_eq!(out[0], 21, "{out:?}");
         assert_eq!(&out[out.len() - 2..], &[2, 70]);
+    }
+
+    #[test]
+    fn only_the_sip_config_sends_no_tickets() {
+        let p = pki();
+        assert_eq!(
+            sip_server_config(&p.cert, &p.key)
+                .unwrap()
+                .send_tls13_tickets,
+            0
+        );
+        let https = server_config(&p.cert, &p.key, &[b"h2"]).unwrap();
+        assert!(https.send_tls13_tickets > 0, "HTTPS keeps resumption");
     }
 
     #[tokio::test]

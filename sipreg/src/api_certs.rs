@@ -130,7 +130,7 @@ impl CertControl {
 
     /// Builds both TLS configs from a PEM pair and swaps them in; every failure leaves the old.
     fn swap(&self, chain: &[u8], key: &[u8]) -> Result<(), String> {
-        let sip = sipreg_certs::server_config(chain, key, &[]).map_err(|e| e.to_string())?;
+        let sip = sipreg_certs::sip_server_config(chain, key).map_err(|e| e.to_string())?;
         let https = sipreg_certs::server_config(chain, key, &[b"h2", b"http/1.1"])
             .map_err(|e| e.to_string())?;
         self.sip.replace(sip);
@@ -166,7 +166,7 @@ impl CertControl {
     ) -> Result<(), ApplyError> {
         let pair = self.check(cert, key, chain, trust)?;
         // Both configs are built before anything is written, so a pair rustls refuses never lands.
-        let sip = sipreg_certs::server_config(&pair.chain_pem, &pair.key_pem, &[])
+        let sip = sipreg_certs::sip_server_config(&pair.chain_pem, &pair.key_pem)
             .map_err(ApplyError::Refused)?;
         let https =
             sipreg_certs::server_config(&pair.chain_pem, &pair.key_pem, &[b"h2", b"http/1.1"])

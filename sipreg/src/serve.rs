@@ -163,7 +163,8 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     let key =
         std::fs::read(&pki.server_key).map_err(|e| format!("{}: {e}", pki.server_key.display()))?;
     let sip_tls = sipreg_certs::ReloadableServerConfig::new(
-        sipreg_certs::server_config(&chain, &key, &[]).map_err(|e| format!("SIP TLS: {e}"))?,
+        // No TLS 1.3 session tickets on the SIP ports (see `sip_server_config`); HTTPS keeps them.
+        sipreg_certs::sip_server_config(&chain, &key).map_err(|e| format!("SIP TLS: {e}"))?,
     );
     let https_tls = sipreg_certs::ReloadableServerConfig::new(
         sipreg_certs::server_config(&chain, &key, &[b"h2", b"http/1.1"])

@@ -17,6 +17,7 @@ mod postgres;
 mod sqlite;
 mod sqlite_issuers;
 mod sqlite_profiles;
+mod sqlite_rotate;
 mod sqlite_settings;
 #[cfg(test)]
 mod testsuite;
@@ -34,6 +35,11 @@ pub use postgres::{PostgresStore, DEFAULT_RELOAD_INTERVAL};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+
+/// Builds the successor of a refresh token being rotated from the token presented, or `None` to
+/// store none (the caller refuses the grant). It runs inside the store's transaction: keep it cheap
+/// and free of I/O.
+pub type RefreshSuccessor = Box<dyn FnOnce(&RefreshToken) -> Option<RefreshToken> + Send>;
 
 /// Errors of the store; the API maps them to problem responses in one place.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +146,16 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a refresh token used and says what it was: fresh, a replay, or unknown. Exactly one
     /// concurrent caller sees `Fresh`.
     async fn use_refresh_token(&self, hash: &str, now: i64) -> Result<RefreshUse>;
+    /// One refresh-token rotation in ONE transaction: [`use_refresh_token`](Store::use_refresh_token)
+    /// and, when the token was `Fresh`, stores the token `successor` builds from it (`None`: no
+    /// successor, the token stays used). If storing the successor fails, the token is not used
+    /// either. Exactly one concurrent caller sees `Fresh`; a reuse still reports `Reused`.
+    async fn rotate_refresh_token(
+        &self,
+        hash: &str,
+        now: i64,
+        successor: RefreshSuccessor,
+    ) -> Result<RefreshUse>;
     /// Deletes every refresh token of a rotation family; returns how many.
     async fn revoke_refresh_family(&self, family: &str) -> Result<u64>;
     /// Deletes a user's refresh tokens (of one client, or all); returns how many.

@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 
 use crate::{
     AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge, Line, Node,
-    NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SecurityProfile, SigningKey, Store,
-    StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
+    NodeStatus, OAuthClient, RefreshSuccessor, RefreshToken, RefreshUse, Result, SecurityProfile,
+    SigningKey, Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
 /// Forward-only schema migrations; index + 1 is the schema version.
@@ -103,6 +103,8 @@ CREATE INDEX revoked_refresh_families_at ON revoked_refresh_families(revoked_at)
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     changes: broadcast::Sender<Change>,
+    /// Refresh rotations go through one writer thread that commits concurrent ones together.
+    rotations: crate::sqlite_rotate::RotationWriter,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -121,8 +123,10 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&conn)?;
         let (changes, _) = broadcast::channel(256);
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            rotations: crate::sqlite_rotate::RotationWriter::start(conn.clone())?,
+            conn,
             changes,
         })
     }
@@ -191,6 +195,48 @@ fn map_unique(e: rusqlite::Error, what: String) -> StoreError {
         }
         other => other.into(),
     }
+}
+
+pub(crate) fn insert_refresh(conn: &Connection, t: &RefreshToken) -> Result<()> {
+    // Cached statements: a refresh grant is hot (≥ 5,000/s wanted), parsing SQL is not free.
+    conn.prepare_cached(
+        "INSERT INTO refresh_tokens (hash, user_id, client_id, scope, issued_at, expires_at, family)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![t.hash, t.user_id, t.client_id, t.scope, t.issued_at, t.expires_at, t.family])
+    .map_err(|e| map_unique(e, "refresh token".into()))?;
+    Ok(())
+}
+
+/// The body of `use_refresh_token`, inside the caller's IMMEDIATE transaction.
+pub(crate) fn use_refresh(conn: &Connection, hash: &str, now: i64) -> Result<RefreshUse> {
+    let row = conn
+        .prepare_cached(
+            "SELECT hash, user_id, client_id, scope, issued_at, expires_at, family, used
+             FROM refresh_tokens WHERE hash = ?1",
+        )?
+        .query_row(params![hash], read_refresh)
+        .optional()?;
+    let revoked = match &row {
+        Some((t, _)) => family_revoked(conn, &t.family)?,
+        None => false,
+    };
+    let out = match row {
+        None => RefreshUse::Unknown,
+        Some((t, _)) if t.expires_at <= now || revoked => RefreshUse::Unknown,
+        Some((t, true)) => RefreshUse::Reused(t),
+        Some((t, false)) => {
+            conn.prepare_cached("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1")?
+                .execute(params![hash])?;
+            RefreshUse::Fresh(t)
+        }
+    };
+    // Both sweeps use an index (refresh_tokens_expires, revoked_refresh_families_at).
+    conn.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
+        .execute(params![now])?;
+    conn.prepare_cached("DELETE FROM revoked_refresh_families WHERE revoked_at <= ?1")?
+        .execute(params![now - FAMILY_TOMBSTONE_SECS])?;
+    Ok(out)
 }
 
 fn read_refresh(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RefreshToken, bool)> {
@@ -629,17 +675,7 @@ impl Store for SqliteStore {
 
     async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<()> {
         let t = token.clone();
-        self.with(move |c| {
-            // Cached statements: a refresh grant is hot (≥ 5,000/s wanted), parsing SQL is not free.
-            c.prepare_cached(
-                "INSERT INTO refresh_tokens (hash, user_id, client_id, scope, issued_at, expires_at, family)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![t.hash, t.user_id, t.client_id, t.scope, t.issued_at, t.expires_at, t.family])
-            .map_err(|e| map_unique(e, "refresh token".into()))?;
-            Ok(())
-        })
-        .await
+        self.with(move |c| insert_refresh(c, &t)).await
     }
 
     async fn take_refresh_token(&self, hash: &str, now: i64) -> Result<Option<RefreshToken>> {
@@ -673,36 +709,22 @@ impl Store for SqliteStore {
         self.with(move |c| {
             // IMMEDIATE takes the write lock first, so two callers cannot both see `used = 0`.
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let row = tx
-                .prepare_cached(
-                    "SELECT hash, user_id, client_id, scope, issued_at, expires_at, family, used
-                     FROM refresh_tokens WHERE hash = ?1",
-                )?
-                .query_row(params![hash], read_refresh)
-                .optional()?;
-            let revoked = match &row {
-                Some((t, _)) => family_revoked(&tx, &t.family)?,
-                None => false,
-            };
-            let out = match row {
-                None => RefreshUse::Unknown,
-                Some((t, _)) if t.expires_at <= now || revoked => RefreshUse::Unknown,
-                Some((t, true)) => RefreshUse::Reused(t),
-                Some((t, false)) => {
-                    tx.prepare_cached("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1")?
-                        .execute(params![hash])?;
-                    RefreshUse::Fresh(t)
-                }
-            };
-            // Both sweeps use an index (refresh_tokens_expires, revoked_refresh_families_at).
-            tx.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
-                .execute(params![now])?;
-            tx.prepare_cached("DELETE FROM revoked_refresh_families WHERE revoked_at <= ?1")?
-                .execute(params![now - FAMILY_TOMBSTONE_SECS])?;
+            let out = use_refresh(&tx, &hash, now)?;
             tx.commit()?;
             Ok(out)
         })
         .await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        hash: &str,
+        now: i64,
+        successor: RefreshSuccessor,
+    ) -> Result<RefreshUse> {
+        // Use + insert in one savepoint of a transaction shared with the rotations queued
+        // meanwhile (group commit, sqlite_rotate.rs): a commit per batch, not two per grant.
+        self.rotations.rotate(hash, now, successor).await
     }
 
     async fn revoke_refresh_family(&self, family: &str) -> Result<u64> {

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sipreg_store::{RefreshToken, RefreshUse, Store};
+use sipreg_store::{RefreshSuccessor, RefreshToken, RefreshUse, Store};
 
 use crate::clients::{self, Client};
 use crate::codes::{Codes, Redeem};
@@ -354,9 +354,38 @@ impl TokenService {
         if refresh_token.is_empty() || refresh_token.len() > MAX_REFRESH_TOKEN_LEN {
             return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
         }
+        // The successor is decided from the stored token inside the store's transaction, so the
+        // use and the insert are one commit and one store round trip (was three: use, user
+        // lookup, insert). `successor_scope` is pure: it runs again below on the answer to say
+        // why a grant was refused.
+        let new_token = new_opaque_token();
+        let successor: RefreshSuccessor = {
+            let hash = refresh_token_hash(&new_token);
+            let client_id = client.id.clone();
+            let requested = scope.map(str::to_owned);
+            // Rows from before families existed have none: give their successors a fresh one.
+            let fallback_family = new_family();
+            Box::new(move |old: &RefreshToken| {
+                let scope = successor_scope(old, &client_id, requested.as_deref()).ok()?;
+                Some(RefreshToken {
+                    hash,
+                    user_id: old.user_id.clone(),
+                    client_id,
+                    scope,
+                    issued_at: now,
+                    // A login lasts `refresh_ttl_secs` at most, however often it is rotated.
+                    expires_at: old.expires_at,
+                    family: if old.family.is_empty() {
+                        fallback_family
+                    } else {
+                        old.family.clone()
+                    },
+                })
+            })
+        };
         let stored = match self
             .store
-            .use_refresh_token(&refresh_token_hash(refresh_token), now)
+            .rotate_refresh_token(&refresh_token_hash(refresh_token), now, successor)
             .await?
         {
             RefreshUse::Fresh(t) => t,
@@ -366,32 +395,27 @@ impl TokenService {
             }
             RefreshUse::Unknown => return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN)),
         };
-        // A token shown by another client is treated as leaked (RFC 6749 §10.4).
-        if stored.client_id != client.id {
-            self.revoke_family(&stored, "refresh token presented by another client")
-                .await?;
-            return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
-        }
-        if self.store.user(&stored.user_id).await?.is_none() {
-            return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
-        }
-        let original: Vec<&str> = scope_tokens(&stored.scope).collect();
-        let scope = requested_scope(scope, &stored.scope, &original)?;
-        // Rows from before families existed have none: give their successors a fresh one.
-        let family = if stored.family.is_empty() {
-            new_family()
-        } else {
-            stored.family.clone()
+        // No user lookup: the token row exists, and deleting a user deletes its tokens in the
+        // same transaction (ON DELETE CASCADE), so its user existed when it was rotated.
+        let scope = match successor_scope(&stored, &client.id, scope) {
+            Ok(scope) => scope,
+            Err(Refusal::OtherClient) => {
+                // A token shown by another client is treated as leaked (RFC 6749 §10.4).
+                self.revoke_family(&stored, "refresh token presented by another client")
+                    .await?;
+                return Err(GrantError::InvalidGrant(BAD_REFRESH_TOKEN));
+            }
+            Err(Refusal::Scope) => return Err(GrantError::InvalidScope),
         };
-        self.issue_pair(
-            &stored.user_id,
-            &client.id,
-            &scope,
-            now,
-            &family,
-            Some(stored.expires_at),
-        )
-        .await
+        let access_token = self.issue_access_token(&stored.user_id, &client.id, &scope, now)?;
+        tracing::info!(user = %stored.user_id, client_id = %client.id, scope, "issued tokens");
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: self.live().access_ttl_secs,
+            refresh_token: Some(new_token),
+            scope,
+        })
     }
 
     /// Revokes the family of `token` (every refresh token of one login).
@@ -471,6 +495,27 @@ pub(crate) fn requested_scope(
         return Err(GrantError::InvalidScope);
     }
     Ok(granted.join(" "))
+}
+
+/// Why a refresh grant gives a stored token no successor.
+enum Refusal {
+    /// The token was issued to another client.
+    OtherClient,
+    /// The requested scope is not within the token's.
+    Scope,
+}
+
+/// The scope of `old`'s successor when client `client_id` presents it asking for `requested`.
+fn successor_scope(
+    old: &RefreshToken,
+    client_id: &str,
+    requested: Option<&str>,
+) -> Result<String, Refusal> {
+    if old.client_id != client_id {
+        return Err(Refusal::OtherClient);
+    }
+    let original: Vec<&str> = scope_tokens(&old.scope).collect();
+    requested_scope(requested, &old.scope, &original).map_err(|_| Refusal::Scope)
 }
 
 fn scope_tokens(scope: &str) -> impl Iterator<Item = &str> {

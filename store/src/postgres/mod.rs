@@ -24,8 +24,8 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::{
     redact_url, AdminToken, AuditEntry, Change, ClusterSettings, Device, DigestCredential, Edge,
-    Line, Node, NodeStatus, OAuthClient, RefreshToken, RefreshUse, Result, SecurityProfile,
-    SigningKey, Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
+    Line, Node, NodeStatus, OAuthClient, RefreshSuccessor, RefreshToken, RefreshUse, Result,
+    SecurityProfile, SigningKey, Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
 };
 
 /// How often every node reloads everything even without a notification (the safety net).
@@ -62,6 +62,48 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 
 fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+async fn insert_refresh<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    t: &RefreshToken,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO refresh_tokens (hash, user_id, client_id, scope, issued_at, expires_at, family)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&t.hash, &t.user_id, &t.client_id, &t.scope, &t.issued_at, &t.expires_at, &t.family],
+    )
+    .await
+    .map_err(|e| unique_as_conflict(e, "refresh token".into()))?;
+    Ok(())
+}
+
+/// The body of `use_refresh_token`, inside the caller's transaction.
+async fn use_refresh(
+    tx: &tokio_postgres::Transaction<'_>,
+    hash: &str,
+    now: i64,
+) -> Result<RefreshUse> {
+    // The row lock makes a second caller (on any node) wait, then see `used`.
+    let row = tx
+        .query_opt(
+            &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1 FOR UPDATE"),
+            &[&hash],
+        )
+        .await?;
+    Ok(match row.as_ref().map(read_refresh).transpose()? {
+        None => RefreshUse::Unknown,
+        Some((t, _, revoked)) if t.expires_at <= now || revoked => RefreshUse::Unknown,
+        Some((t, true, _)) => RefreshUse::Reused(t),
+        Some((t, false, _)) => {
+            tx.execute(
+                "UPDATE refresh_tokens SET used = TRUE WHERE hash = $1",
+                &[&hash],
+            )
+            .await?;
+            RefreshUse::Fresh(t)
+        }
+    })
 }
 
 fn unique_as_conflict(e: tokio_postgres::Error, what: String) -> StoreError {
@@ -668,16 +710,8 @@ impl Store for PostgresStore {
     }
 
     async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<()> {
-        let t = token;
         let c = self.client().await?;
-        c.execute(
-            "INSERT INTO refresh_tokens (hash, user_id, client_id, scope, issued_at, expires_at, family)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&t.hash, &t.user_id, &t.client_id, &t.scope, &t.issued_at, &t.expires_at, &t.family],
-        )
-        .await
-        .map_err(|e| unique_as_conflict(e, "refresh token".into()))?;
-        Ok(())
+        insert_refresh(&c, token).await
     }
 
     async fn take_refresh_token(&self, hash: &str, now: i64) -> Result<Option<RefreshToken>> {
@@ -701,28 +735,31 @@ impl Store for PostgresStore {
         let mut c = self.client().await?;
         let out = {
             let tx = c.transaction().await?;
-            // The row lock makes a second caller (on any node) wait, then see `used`.
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1 FOR UPDATE"
-                    ),
-                    &[&hash],
-                )
-                .await?;
-            let out = match row.as_ref().map(read_refresh).transpose()? {
-                None => RefreshUse::Unknown,
-                Some((t, _, revoked)) if t.expires_at <= now || revoked => RefreshUse::Unknown,
-                Some((t, true, _)) => RefreshUse::Reused(t),
-                Some((t, false, _)) => {
-                    tx.execute(
-                        "UPDATE refresh_tokens SET used = TRUE WHERE hash = $1",
-                        &[&hash],
-                    )
-                    .await?;
-                    RefreshUse::Fresh(t)
+            let out = use_refresh(&tx, hash, now).await?;
+            tx.commit().await?;
+            out
+        };
+        self.purge_expired_refresh(&c, now).await?;
+        Ok(out)
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        hash: &str,
+        now: i64,
+        successor: RefreshSuccessor,
+    ) -> Result<RefreshUse> {
+        let mut c = self.client().await?;
+        let out = {
+            // One transaction: the use is only committed with its successor (a failed insert,
+            // e.g. the user deleted meanwhile, rolls the use back when `tx` drops).
+            let tx = c.transaction().await?;
+            let out = use_refresh(&tx, hash, now).await?;
+            if let RefreshUse::Fresh(old) = &out {
+                if let Some(next) = successor(old) {
+                    insert_refresh(&tx, &next).await?;
                 }
-            };
+            }
             tx.commit().await?;
             out
         };

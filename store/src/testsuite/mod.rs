@@ -6,6 +6,7 @@ mod cluster;
 mod issuers;
 mod pg;
 mod profiles;
+mod rotation;
 mod settings;
 
 use std::sync::Arc;
@@ -85,7 +86,16 @@ suite!(
     cluster_settings_are_replaced_seeded_once_and_validated,
     profiles_drive_their_devices_oauth_and_cannot_be_deleted_in_use,
     line_display_names_change_on_every_device_carrying_the_line,
+    a_rotation_uses_and_inserts_in_one_transaction,
+    concurrent_rotations_have_exactly_one_winner_and_one_successor,
+    a_failed_rotation_among_concurrent_ones_fails_alone,
 );
+
+use rotation::{
+    a_failed_rotation_among_concurrent_ones_fails_alone,
+    a_rotation_uses_and_inserts_in_one_transaction,
+    concurrent_rotations_have_exactly_one_winner_and_one_successor,
+};
 
 use profiles::{
     line_display_names_change_on_every_device_carrying_the_line,
