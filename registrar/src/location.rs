@@ -183,6 +183,20 @@ pub struct Location {
     // so every byte of the slot counts twice; the set is rebuilt on each change anyway.
     aors: DashMap<Box<str>, Box<[Packed]>>,
     dirty: Mutex<HashSet<String>>,
+    // The AORs registered over each connection, so a closing connection visits only its own
+    // AORs instead of scanning every binding (which made a registration storm quadratic).
+    flows: DashMap<FlowId, FlowAors>,
+}
+
+/// Most AORs remembered per flow; an edge connection carrying more falls back to a full scan
+/// when it closes, which is rare and bounded.
+const FLOW_INDEX_CAP: usize = 1024;
+
+/// The AORs that registered over one flow (possibly stale: a binding may have moved since).
+#[derive(Debug, Default)]
+struct FlowAors {
+    aors: Vec<Box<str>>,
+    overflow: bool,
 }
 
 /// Where one string of a [`Packed`] binding lies in its text.
@@ -546,8 +560,43 @@ impl Location {
             self.aors.remove_if(aor, |_, v| v.is_empty());
         }
         result?;
+        self.index_flows(aor, &after);
         self.mark_dirty(aor);
         Ok(after)
+    }
+
+    /// Remembers that `aor` has bindings over the flows in `after`.
+    fn index_flows(&self, aor: &str, after: &[Binding]) {
+        for (i, b) in after.iter().enumerate() {
+            if b.flow == 0 || after[..i].iter().any(|o| o.flow == b.flow) {
+                continue;
+            }
+            if let Some(e) = self.flows.get(&b.flow) {
+                if e.overflow || e.aors.iter().any(|a| &**a == aor) {
+                    continue;
+                }
+            }
+            let mut e = self.flows.entry(b.flow).or_default();
+            if e.overflow || e.aors.iter().any(|a| &**a == aor) {
+                continue;
+            }
+            if e.aors.len() >= FLOW_INDEX_CAP {
+                e.overflow = true;
+                e.aors = Vec::new();
+            } else {
+                e.aors.push(Box::from(aor));
+            }
+        }
+    }
+
+    /// Forgets `flow` and returns the AORs registered over it; `None` when it carried too many
+    /// to remember (then every AOR must be visited).
+    fn take_flow(&self, flow: FlowId) -> Option<Vec<Box<str>>> {
+        match self.flows.remove(&flow) {
+            Some((_, e)) if e.overflow => None,
+            Some((_, e)) => Some(e.aors),
+            None => Some(Vec::new()),
+        }
     }
 
     /// Removes expired bindings and empty AORs; returns how many bindings were removed.
@@ -561,7 +610,31 @@ impl Location {
         if flow == 0 {
             return 0;
         }
-        self.remove_packed(|b| b.flow == flow)
+        let Some(aors) = self.take_flow(flow) else {
+            return self.remove_packed(|b| b.flow == flow);
+        };
+        let mut removed = 0;
+        for aor in aors {
+            let now_empty = match self.aors.get_mut(&*aor) {
+                Some(mut v) if v.iter().any(|b| b.flow == flow) => {
+                    let before = v.len();
+                    let kept: Vec<Packed> = std::mem::take(&mut *v)
+                        .into_vec()
+                        .into_iter()
+                        .filter(|b| b.flow != flow)
+                        .collect();
+                    *v = kept.into_boxed_slice();
+                    removed += before - v.len();
+                    v.is_empty()
+                }
+                _ => continue,
+            };
+            if now_empty {
+                self.aors.remove_if(&*aor, |_, v| v.is_empty());
+            }
+            self.mark_dirty(&aor);
+        }
+        removed
     }
 
     /// Marks every binding registered over `flow` as [`FlowState::Closed`] (kept, but the
@@ -570,14 +643,21 @@ impl Location {
         if flow == 0 {
             return 0;
         }
-        let mut marked = 0;
-        for mut e in self.aors.iter_mut() {
-            for b in e.iter_mut().filter(|b| b.flow == flow) {
+        let mark = |v: &mut Box<[Packed]>| {
+            let mut n = 0;
+            for b in v.iter_mut().filter(|b| b.flow == flow) {
                 b.flow_state = FlowState::Closed;
-                marked += 1;
+                n += 1;
             }
+            n
+        };
+        match self.take_flow(flow) {
+            Some(aors) => aors
+                .iter()
+                .filter_map(|aor| self.aors.get_mut(&**aor).map(|mut v| mark(&mut v)))
+                .sum(),
+            None => self.aors.iter_mut().map(|mut e| mark(&mut e)).sum(),
         }
-        marked
     }
 
     /// Every unexpired binding with its AOR, for the registrations view.
@@ -918,6 +998,47 @@ mod tests {
         let mut none = binding("sip:y", "d", 2, 100);
         none.device = None;
         assert_eq!(Packed::pack(&none).unpack(), none);
+    }
+
+    #[test]
+    fn closing_a_flow_visits_its_own_aors_even_past_the_index_cap() {
+        let loc = Location::new();
+        // Flow 5 is an edge carrying more AORs than the index keeps: the full-scan fallback.
+        for i in 0..FLOW_INDEX_CAP + 3 {
+            let mut b = binding(&format!("sip:e{i}"), "c", 1, 100);
+            b.flow = 5;
+            loc.apply(&format!("e{i}@h"), &[BindingChange::Bind(b)], 10, 0)
+                .unwrap();
+        }
+        // Flow 6 registered one AOR, then the device moved that binding to flow 7.
+        let mut b = binding("sip:m", "c", 1, 100);
+        b.flow = 6;
+        loc.apply("m@h", &[BindingChange::Bind(b.clone())], 10, 0)
+            .unwrap();
+        b.flow = 7;
+        b.cseq = 2;
+        loc.apply("m@h", &[BindingChange::Bind(b)], 10, 0).unwrap();
+        assert_eq!(loc.mark_flow_closed(6), 0, "the binding left flow 6");
+        assert_eq!(loc.mark_flow_closed(5), FLOW_INDEX_CAP + 3);
+        assert_eq!(loc.remove_flow(7), 1);
+        assert!(loc.bindings("m@h", 0).is_empty());
+        assert_eq!(
+            loc.bindings("e0@h", 0)[0].flow_state,
+            FlowState::Closed,
+            "the full scan marked them"
+        );
+        assert!(loc.flows.is_empty(), "closed flows are forgotten");
+
+        let again = Location::new();
+        for i in 0..FLOW_INDEX_CAP + 1 {
+            let mut b = binding(&format!("sip:e{i}"), "c", 1, 100);
+            b.flow = 5;
+            again
+                .apply(&format!("e{i}@h"), &[BindingChange::Bind(b)], 10, 0)
+                .unwrap();
+        }
+        assert_eq!(again.remove_flow(5), FLOW_INDEX_CAP + 1);
+        assert!(again.is_empty() && again.flows.is_empty());
     }
 
     #[test]
