@@ -612,16 +612,7 @@ impl Store for SqliteStore {
                  FROM nodes ORDER BY name",
             )?;
             let rows = stmt
-                .query_map([], |r| {
-                    Ok(Node {
-                        name: r.get(0)?,
-                        host: r.get(1)?,
-                        sip_port: r.get(2)?,
-                        secured_sip_port: r.get(3)?,
-                        sip_oauth_port: r.get(4)?,
-                        sip_mra_oauth_port: r.get(5)?,
-                    })
-                })?
+                .query_map([], node_row)?
                 .collect::<std::result::Result<_, _>>()?;
             Ok(rows)
         })
@@ -1249,14 +1240,7 @@ impl Store for SqliteStore {
             let rows = stmt
                 .query_map([], |r| {
                     Ok(NodeStatus {
-                        node: Node {
-                            name: r.get(0)?,
-                            host: r.get(1)?,
-                            sip_port: r.get(2)?,
-                            secured_sip_port: r.get(3)?,
-                            sip_oauth_port: r.get(4)?,
-                            sip_mra_oauth_port: r.get(5)?,
-                        },
+                        node: node_row(r)?,
                         last_heartbeat: r.get(6)?,
                     })
                 })?
@@ -1293,6 +1277,19 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// A `nodes` row whose first six columns are name, host, sip_port, secured_sip_port,
+/// sip_oauth_port and sip_mra_oauth_port.
+fn node_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
+    Ok(Node {
+        name: r.get(0)?,
+        host: r.get(1)?,
+        sip_port: r.get(2)?,
+        secured_sip_port: r.get(3)?,
+        sip_oauth_port: r.get(4)?,
+        sip_mra_oauth_port: r.get(5)?,
+    })
 }
 
 #[cfg(test)]
