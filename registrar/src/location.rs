@@ -613,28 +613,9 @@ impl Location {
         let Some(aors) = self.take_flow(flow) else {
             return self.remove_packed(|b| b.flow == flow);
         };
-        let mut removed = 0;
-        for aor in aors {
-            let now_empty = match self.aors.get_mut(&*aor) {
-                Some(mut v) if v.iter().any(|b| b.flow == flow) => {
-                    let before = v.len();
-                    let kept: Vec<Packed> = std::mem::take(&mut *v)
-                        .into_vec()
-                        .into_iter()
-                        .filter(|b| b.flow != flow)
-                        .collect();
-                    *v = kept.into_boxed_slice();
-                    removed += before - v.len();
-                    v.is_empty()
-                }
-                _ => continue,
-            };
-            if now_empty {
-                self.aors.remove_if(&*aor, |_, v| v.is_empty());
-            }
-            self.mark_dirty(&aor);
-        }
-        removed
+        aors.iter()
+            .map(|aor| self.remove_in_packed(aor, |b| b.flow == flow))
+            .sum()
     }
 
     /// Marks every binding registered over `flow` as [`FlowState::Closed`] (kept, but the
@@ -677,18 +658,26 @@ impl Location {
 
     /// Force-unregisters within one AOR: removes its bindings for which `pred` holds; returns how many.
     pub fn remove_in(&self, aor: &str, pred: impl Fn(&Binding) -> bool) -> usize {
+        self.remove_in_packed(aor, |b| pred(&b.unpack()))
+    }
+
+    /// [`Location::remove_in`] on the packed form: drops the AOR when it empties and marks it
+    /// dirty when anything went.
+    fn remove_in_packed(&self, aor: &str, pred: impl Fn(&Packed) -> bool) -> usize {
         let mut removed = 0;
         let mut now_empty = false;
         if let Some(mut v) = self.aors.get_mut(aor) {
-            let before = v.len();
-            let kept: Vec<Packed> = std::mem::take(&mut *v)
-                .into_vec()
-                .into_iter()
-                .filter(|b| !pred(&b.unpack()))
-                .collect();
-            *v = kept.into_boxed_slice();
-            removed = before - v.len();
-            now_empty = v.is_empty();
+            if v.iter().any(&pred) {
+                let before = v.len();
+                let kept: Vec<Packed> = std::mem::take(&mut *v)
+                    .into_vec()
+                    .into_iter()
+                    .filter(|b| !pred(b))
+                    .collect();
+                *v = kept.into_boxed_slice();
+                removed = before - v.len();
+                now_empty = v.is_empty();
+            }
         }
         if now_empty {
             self.aors.remove_if(aor, |_, v| v.is_empty());

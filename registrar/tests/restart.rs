@@ -2,6 +2,8 @@
 //! registrar on the same file restores them, and a query lists them with a smaller remaining
 //! `expires` and an unknown flow.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use sipreg_registrar::{
     BearerError, BearerValidator, ConnectionFacts, FlowState, PortKind, Registrar, RegistrarConfig,
     TokenIdentity, Transport,
 };
-use sipreg_store::{Device, Directory, Line, SqliteStore, Store, User};
+use sipreg_store::{Directory, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 struct FakeValidator;
@@ -65,30 +67,7 @@ async fn bindings_come_back_after_a_restart_with_less_time_left() {
     let db = tmp.path().join("db.sqlite");
     {
         let store = SqliteStore::open(&db).unwrap();
-        store.set_oauth_mode(true).await.unwrap();
-        store
-            .create_user(&User {
-                id: "alice".into(),
-                password_hash: String::new(),
-                created_at: 0,
-            })
-            .await
-            .unwrap();
-        store
-            .create_device(&Device {
-                name: "CSFalice".into(),
-                owner: "alice".into(),
-                lines: vec![Line {
-                    dn: "1010".into(),
-                    display_name: None,
-                }],
-                oauth: true,
-                updated_at: 0,
-                model: String::new(),
-                profile: String::new(),
-            })
-            .await
-            .unwrap();
+        common::seed_alice(&store).await;
     }
     let t0 = unix_now();
 

@@ -1,6 +1,8 @@
 //! A real TLS listener on 127.0.0.1:0 and a tokio-rustls client: challenge, registration,
 //! keep-alive, pipelining, live certificate swap, and refusal once the listener is set to None.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use sipreg_registrar::{
     BearerError, BearerValidator, Registrar, RegistrarConfig, SipOAuthListener, TokenIdentity,
 };
-use sipreg_store::{Device, Directory, Line, SqliteStore, Store, User};
+use sipreg_store::{Directory, SqliteStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -86,30 +88,7 @@ User-Agent: Cisco-CSF\r\n{auth}Expires: 3600\r\nContent-Length: 0\r\n\r\n"
 async fn tls_register_challenge_success_swap_and_close() {
     let tmp = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&tmp.path().join("db.sqlite")).unwrap();
-    store.set_oauth_mode(true).await.unwrap();
-    store
-        .create_user(&User {
-            id: "alice".into(),
-            password_hash: String::new(),
-            created_at: 0,
-        })
-        .await
-        .unwrap();
-    store
-        .create_device(&Device {
-            name: "CSFalice".into(),
-            owner: "alice".into(),
-            lines: vec![Line {
-                dn: "1010".into(),
-                display_name: None,
-            }],
-            oauth: true,
-            updated_at: 0,
-            model: String::new(),
-            profile: String::new(),
-        })
-        .await
-        .unwrap();
+    common::seed_alice(&store).await;
     let directory = Directory::load(&store).await.unwrap();
     let registrar = Arc::new(Registrar::new(
         RegistrarConfig::default(),
