@@ -4,7 +4,8 @@
 //! [`Scenario`]s (steady refreshes, a new token on every REGISTER, a reconnect storm, idle held
 //! connections) and prints a one-line [`Summary`]. The pieces: [`sip`] builds REGISTERs and
 //! frames responses, [`transport`] opens connections ([`Connector`]), [`stats`] counts codes and
-//! latencies (HdrHistogram), [`scenario`] runs the load, [`provision`] creates the users, devices
+//! latencies (HdrHistogram), [`cpu`] reads both sides' CPU time and the kernel's listen-queue
+//! drops, [`scenario`] runs the load, [`provision`] creates the users, devices
 //! and tokens a sipreg run needs through its admin API and token endpoint, [`memory`] reads a
 //! server's resident memory and [`footprint`] the location service's.
 //!
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod cpu;
 pub mod footprint;
 pub mod memory;
 pub mod provision;

@@ -7,17 +7,30 @@
 //!   resumption) and register once with their own token, as after an outage.
 //! * [`Scenario::IdleHold`]: N devices connect and register, then stay idle sending RFC 5626
 //!   keep-alives; the server's memory is measured with all of them open.
+//!
+//! Every summary carries the CPU time of the load generator and (with a server PID) of the
+//! server's process tree over the measured phase, and the kernel's listen-queue drops
+//! ([`crate::cpu`]). The generator shares the machine with the server, so it is built to be cheap
+//! per simulated device, which changes nothing the server sees:
+//!
+//! * Storm and idle-hold run a pool of `concurrency` set-up workers that take device numbers from
+//!   a counter, instead of one task per device spawned up front; a device whose connection is
+//!   held gets a small holding task only once registered.
+//! * All devices record into one [`Stats`] (one latency histogram of ~140 KB), not one `Stats`
+//!   per device merged at the end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::cpu::CpuProbe;
 use crate::memory;
 use crate::sip::{parse_response, write_register, RegisterParams};
-use crate::stats::{MemoryReport, Stats, Summary};
+use crate::stats::{ConnErrorKind, MemoryReport, Stats, Summary};
 use crate::transport::{Connection, Connector, Transport, TransportError};
 
 /// Which load to generate.
@@ -81,7 +94,8 @@ pub struct LoadOptions {
     pub hold: Duration,
     /// Keep-alive interval during idle-hold.
     pub keepalive: Duration,
-    /// Server process whose memory (PSS of its process tree) is reported.
+    /// Server process whose memory (PSS of its process tree, idle-hold and storm) and CPU time
+    /// (its process tree, every scenario) are reported.
     pub server_pid: Option<u32>,
     /// Storm: close each connection as soon as its REGISTER is answered, instead of holding all
     /// of them to the end (for more devices than the machine has file descriptors).
@@ -199,17 +213,9 @@ async fn persistent(
     // Connections are opened before the clock starts: these scenarios measure refreshes.
     let mut conns = Vec::with_capacity(opts.connections);
     for i in 0..opts.connections {
-        conns.push(
-            timeout(opts.timeout, connector.connect(i))
-                .await
-                .map_err(|_| {
-                    TransportError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    ))
-                })??,
-        );
+        conns.push(connector.connect(i, opts.timeout).await?);
     }
+    let probe = CpuProbe::start(opts.server_pid);
     let start = Instant::now();
     let deadline = start + opts.duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -227,17 +233,19 @@ async fn persistent(
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(s) => stats.merge(&s),
-            Err(_) => stats.conn_errors += 1,
+            Err(_) => stats.conn_error(ConnErrorKind::Task),
         }
     }
+    let elapsed = start.elapsed();
     Ok(Summary {
         scenario: scenario.name().into(),
         label: shared.opts.label.clone(),
         transport: connector.transport().via_name(),
         connections: shared.opts.connections,
-        elapsed: start.elapsed(),
+        elapsed,
         stats,
         memory: None,
+        cpu: probe.finish(),
     })
 }
 
@@ -309,8 +317,8 @@ async fn refresh_loop(
                     token,
                 },
             );
-            if conn.send(&out).await.is_err() {
-                stats.conn_errors += 1;
+            if let Err(e) = conn.send(&out).await {
+                stats.conn_error(e.kind());
                 stats.timeouts += inflight.len() as u64;
                 return stats;
             }
@@ -342,8 +350,8 @@ async fn refresh_loop(
                     stats.timeouts += inflight.len() as u64;
                     return stats;
                 }
-                Ok(Err(_)) => {
-                    stats.conn_errors += 1;
+                Ok(Err(e)) => {
+                    stats.conn_error(e.kind());
                     stats.timeouts += inflight.len() as u64;
                     return stats;
                 }
@@ -355,7 +363,7 @@ async fn refresh_loop(
                         }
                     }
                     Err(_) => {
-                        stats.conn_errors += 1;
+                        stats.conn_error(ConnErrorKind::BadResponse);
                         stats.timeouts += inflight.len() as u64;
                         return stats;
                     }
@@ -368,7 +376,9 @@ async fn refresh_loop(
     stats
 }
 
-/// Storm and idle-hold: one task per device.
+/// Storm and idle-hold: `concurrency` workers set devices up (connect, REGISTER, answer), each
+/// taking the next device number from a shared counter until all are done; that is the measured
+/// phase. Held connections (idle-hold; storm without `release_each`) then wait for the release.
 async fn devices(
     scenario: Scenario,
     connector: Connector,
@@ -376,30 +386,33 @@ async fn devices(
 ) -> Result<Summary, LoadError> {
     let opts = &shared.opts;
     let before = server_mem(opts)?;
-    let permits = Arc::new(Semaphore::new(opts.concurrency));
     let (release_tx, release_rx) = watch::channel(false);
-    let done = Arc::new(AtomicUsize::new(0));
-    let all_done = Arc::new(tokio::sync::Notify::new());
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let next = Arc::new(AtomicUsize::new(0));
     let n = opts.connections;
+    let probe = CpuProbe::start(opts.server_pid);
     let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        tasks.spawn(device(
-            i,
+    let mut workers = JoinSet::new();
+    for _ in 0..opts.concurrency.min(n) {
+        workers.spawn(setup_worker(
             scenario,
             connector.clone(),
             shared.clone(),
-            permits.clone(),
+            next.clone(),
+            stats.clone(),
             release_rx.clone(),
-            done.clone(),
-            all_done.clone(),
         ));
     }
-    // The measured phase ends when every device registered or gave up.
-    while done.load(Ordering::Acquire) < n {
-        all_done.notified().await;
+    let mut holders = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(h) => holders.extend(h),
+            // The device being set up is lost; the others go to the remaining workers.
+            Err(_) => lock(&stats).conn_error(ConnErrorKind::Task),
+        }
     }
     let elapsed = start.elapsed();
+    let cpu = probe.finish();
     let mut after = server_mem(opts)?;
     if scenario == Scenario::IdleHold {
         tokio::time::sleep(opts.hold).await;
@@ -410,13 +423,16 @@ async fn devices(
         };
     }
     let _ = release_tx.send(true);
-    let mut stats = Stats::default();
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(s) => stats.merge(&s),
-            Err(_) => stats.conn_errors += 1,
+    for h in holders {
+        let failed = match h.await {
+            Ok(failed) => failed,
+            Err(_) => Some(ConnErrorKind::Task),
+        };
+        if let Some(kind) = failed {
+            lock(&stats).conn_error(kind);
         }
     }
+    let stats = std::mem::take(&mut *lock(&stats));
     let memory = match (before, after) {
         (Some(b), Some(a)) => Some(MemoryReport {
             before_mib: b,
@@ -433,111 +449,121 @@ async fn devices(
         elapsed,
         stats,
         memory,
+        cpu,
     })
 }
 
-/// Signals one finished set-up (success or failure) to the coordinator.
-struct DoneGuard {
-    done: Arc<AtomicUsize>,
-    notify: Arc<tokio::sync::Notify>,
-    fired: bool,
+/// The run's shared counters; a panic while holding the lock cannot leave them inconsistent
+/// beyond one device, so a poisoned lock is used as is.
+fn lock(stats: &Mutex<Stats>) -> MutexGuard<'_, Stats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl DoneGuard {
-    fn fire(&mut self) {
-        if !self.fired {
-            self.fired = true;
-            self.done.fetch_add(1, Ordering::AcqRel);
-            self.notify.notify_one();
-        }
-    }
-}
-
-impl Drop for DoneGuard {
-    fn drop(&mut self) {
-        self.fire();
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn device(
-    i: usize,
+/// One set-up worker: devices one after another until the counter passes the last device. Returns
+/// the holding tasks of the connections it kept open.
+async fn setup_worker(
     scenario: Scenario,
     connector: Connector,
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    mut release: watch::Receiver<bool>,
-    done: Arc<AtomicUsize>,
-    notify: Arc<tokio::sync::Notify>,
-) -> Stats {
-    let opts = &shared.opts;
-    let mut stats = Stats::default();
-    let mut guard = DoneGuard {
-        done,
-        notify,
-        fired: false,
-    };
-    let conn = {
-        // A closed semaphore cannot happen (it is never closed); treat it as a failure anyway.
-        let Ok(_permit) = permits.acquire().await else {
-            stats.conn_errors += 1;
-            return stats;
-        };
-        let t0 = Instant::now();
-        let mut conn = match timeout(opts.timeout, connector.connect(i)).await {
-            Ok(Ok(c)) => c,
-            _ => {
-                stats.conn_errors += 1;
-                return stats;
-            }
-        };
-        let aor = i as u64;
-        let device = shared.device(aor);
-        let token = (!opts.tokens.is_empty()).then(|| opts.tokens[i % opts.tokens.len()].as_str());
-        let mut out = Vec::with_capacity(1024);
-        write_register(
-            &mut out,
-            &RegisterParams {
-                transport: connector.transport(),
-                local: conn.local_addr(),
-                domain: &opts.domain,
-                line: opts.line_base + aor,
-                device: device.as_deref(),
-                run_id: shared.run_id,
-                cseq: 1,
-                expires: opts.expires,
-                token,
-            },
-        );
-        stats.sent += 1;
-        let answer = async {
-            conn.send(&out).await?;
-            conn.recv().await
-        };
-        match timeout(opts.timeout, answer).await {
-            Err(_) => stats.timeouts += 1,
-            Ok(Err(_)) => stats.conn_errors += 1,
-            Ok(Ok(msg)) => match parse_response(&msg) {
-                Ok(h) => stats.response(h.status, t0.elapsed()),
-                Err(_) => stats.conn_errors += 1,
-            },
+    next: Arc<AtomicUsize>,
+    stats: Arc<Mutex<Stats>>,
+    release: watch::Receiver<bool>,
+) -> Vec<JoinHandle<Option<ConnErrorKind>>> {
+    let keep = !(shared.opts.release_each && scenario == Scenario::Storm);
+    let mut holders = Vec::new();
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= shared.opts.connections {
+            return holders;
         }
-        conn
-    };
-    guard.fire();
-    if opts.release_each && scenario == Scenario::Storm {
-        conn.close().await;
-        return stats;
+        let Some(conn) = setup_device(i, &connector, &shared, &stats, &mut out).await else {
+            continue;
+        };
+        if keep {
+            holders.push(tokio::spawn(hold(
+                conn,
+                scenario,
+                connector.transport(),
+                shared.clone(),
+                release.clone(),
+            )));
+        } else {
+            conn.close().await;
+        }
     }
-    // Hold the connection (storm: until the coordinator releases; idle-hold: with keep-alives).
-    let mut conn = conn;
+}
+
+/// Connects device `i` and registers it once; the connection if it got an answer.
+async fn setup_device(
+    i: usize,
+    connector: &Connector,
+    shared: &Shared,
+    stats: &Mutex<Stats>,
+    out: &mut Vec<u8>,
+) -> Option<Connection> {
+    let opts = &shared.opts;
+    let t0 = Instant::now();
+    let mut conn = match connector.connect(i, opts.timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            lock(stats).conn_error(e.kind());
+            return None;
+        }
+    };
+    let aor = i as u64;
+    let device = shared.device(aor);
+    let token = (!opts.tokens.is_empty()).then(|| opts.tokens[i % opts.tokens.len()].as_str());
+    write_register(
+        out,
+        &RegisterParams {
+            transport: connector.transport(),
+            local: conn.local_addr(),
+            domain: &opts.domain,
+            line: opts.line_base + aor,
+            device: device.as_deref(),
+            run_id: shared.run_id,
+            cseq: 1,
+            expires: opts.expires,
+            token,
+        },
+    );
+    let answer = async {
+        conn.send(out).await?;
+        conn.recv().await
+    };
+    let outcome = timeout(opts.timeout, answer).await;
+    let mut stats = lock(stats);
+    stats.sent += 1;
+    match outcome {
+        Err(_) => stats.timeouts += 1,
+        Ok(Err(e)) => stats.conn_error(e.kind()),
+        Ok(Ok(msg)) => match parse_response(&msg) {
+            Ok(h) => stats.response(h.status, t0.elapsed()),
+            Err(_) => stats.conn_error(ConnErrorKind::BadResponse),
+        },
+    }
+    drop(stats);
+    Some(conn)
+}
+
+/// Holds one registered connection until the release (idle-hold: with RFC 5626 keep-alives).
+/// Returns how it failed, if it did.
+async fn hold(
+    mut conn: Connection,
+    scenario: Scenario,
+    transport: Transport,
+    shared: Arc<Shared>,
+    mut release: watch::Receiver<bool>,
+) -> Option<ConnErrorKind> {
+    let opts = &shared.opts;
     loop {
         if *release.borrow() {
             break;
         }
         if scenario == Scenario::IdleHold
             && opts.keepalive > Duration::ZERO
-            && connector.transport() != Transport::Udp
+            && transport != Transport::Udp
         {
             tokio::select! {
                 _ = release.changed() => break,
@@ -547,9 +573,10 @@ async fn device(
                         conn.send(b"\r\n\r\n").await?;
                         conn.recv_pong().await
                     };
-                    if timeout(opts.timeout, ping).await.ok().and_then(Result::ok).is_none() {
-                        stats.conn_errors += 1;
-                        return stats;
+                    match timeout(opts.timeout, ping).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Some(e.kind()),
+                        Err(_) => return Some(ConnErrorKind::KeepaliveTimeout),
                     }
                 }
             }
@@ -558,5 +585,5 @@ async fn device(
         }
     }
     conn.close().await;
-    stats
+    None
 }

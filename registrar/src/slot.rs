@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,13 +24,32 @@ pub(crate) trait BindSocket: Sized + Send + 'static {
     fn bound_addr(&self) -> io::Result<SocketAddr>;
 }
 
+/// Pending connections the kernel queues before `accept` (the kernel caps it at
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` uses 1024, which a registration storm
+/// overflows: every SYN dropped then costs its device a 1 s retransmission.
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
 impl BindSocket for TcpListener {
     fn bind_to(addr: SocketAddr) -> impl Future<Output = io::Result<Self>> + Send {
-        TcpListener::bind(addr)
+        std::future::ready(bind_listener(addr, LISTEN_BACKLOG))
     }
     fn bound_addr(&self) -> io::Result<SocketAddr> {
         self.local_addr()
     }
+}
+
+/// Binds a TCP listener like `TcpListener::bind` (with `SO_REUSEADDR` on Unix, so a restart
+/// does not wait out TIME_WAIT), but with `backlog` pending connections.
+pub(crate) fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 impl BindSocket for UdpSocket {

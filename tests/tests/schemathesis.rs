@@ -17,15 +17,8 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let s = Server::start().await;
     s.add_user_and_device("seed", "pw-seed", "CSFseed", &["1300"], true);
     let token = s.admin_token();
-    let (mut ok, mut report) = run_schemathesis(&s, &token).await;
-    // Known open defect (see the issue notes): about one run in ten, one request of the ~2,500
-    // meets a TLS EOF from the HTTPS listener ("Network Error" / "SSL verification problem").
-    // Such a run, and only such a run (no check failed), is repeated once; the repeat must pass
-    // in full, and the first report stays visible on stderr.
-    if !ok && report.contains("Network Error") && !report.contains("failed") {
-        eprintln!("schemathesis: network error only, repeating once; first report:\n{report}");
-        (ok, report) = run_schemathesis(&s, &token).await;
-    }
+    // One run, no retry: a network error is a defect (see `body_left_unread_keeps_the_connection`).
+    let (ok, report) = run_schemathesis(&s, &token).await;
     assert!(
         ok,
         "schemathesis found problems:\n{report}\nserver log tail:\n{}",
@@ -34,6 +27,61 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     assert!(
         report.contains("Tested:"),
         "schemathesis ran operations: {report}"
+    );
+}
+
+/// The cause of the "EOF occurred in violation of protocol" schemathesis used to meet: an answer
+/// given without reading the request body (here 405) when the body had not arrived yet made the
+/// server close the connection after the answer, without `Connection: close`; the client's next
+/// request on that pooled connection raced the close. The head and the body go out in separate
+/// TLS records with a pause between, as urllib3 sends them on a busy machine; the connection must
+/// still carry the next request.
+#[tokio::test]
+async fn body_left_unread_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let token = s.admin_token();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.https_port))
+        .await
+        .unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(sipreg_e2e::client_tls(&s.ca_pem())));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut c = tls.connect(name, tcp).await.unwrap();
+    let body = r#"{"name":"x"}"#;
+    let head = format!(
+        "TRACE /api/v1/admin-tokens HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // From here a write may fail (the defect: the server has closed); what was read tells.
+    let sent_body = c.write_all(body.as_bytes()).await;
+    // The last request asks the server to close after it, so reading to the end is bounded.
+    let next = format!(
+        "GET /api/v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let sent_next = c.write_all(next.as_bytes()).await;
+    let _ = c.flush().await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), c.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 405"),
+        "first answer is 405: {text}"
+    );
+    let first = text.split("HTTP/1.1 200").next().unwrap_or_default();
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "the 405 keeps the connection: {text}"
+    );
+    assert!(
+        text.contains("HTTP/1.1 200"),
+        "the next request on the same connection is answered (body sent: {sent_body:?}, next \
+         request sent: {sent_next:?}): {text}"
     );
 }
 

@@ -152,7 +152,8 @@ struct RunArgs {
     /// 20,000 connections.
     #[arg(long, default_value_t = 0)]
     source_ips: u8,
-    /// PID of the server, to report its memory (PSS of its process tree).
+    /// PID of the server, to report its CPU time (every scenario) and memory (storm, idle-hold),
+    /// both over its process tree.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Storm: close each connection once its REGISTER is answered (beyond the fd limit).
