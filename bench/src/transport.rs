@@ -132,9 +132,9 @@ impl TransportError {
             TransportError::HandshakeTimeout => ConnErrorKind::TlsTimeout,
             TransportError::Tls(_) => ConnErrorKind::Tls,
             TransportError::Io(e) => match e.kind() {
-                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
-                    ConnErrorKind::Reset
-                }
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => ConnErrorKind::Reset,
                 ErrorKind::UnexpectedEof => ConnErrorKind::Closed,
                 _ => ConnErrorKind::Read,
             },

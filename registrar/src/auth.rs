@@ -3,6 +3,8 @@
 //! The registrar does not know how tokens are made: it hands the token to a [`BearerValidator`]
 //! (implemented by the token service) and gets a [`TokenIdentity`] back.
 
+use std::borrow::Cow;
+
 use sipreg_store::ChallengeDialect;
 
 use crate::message::{unquote, Request, DEVICE_NAME_PARAM};
@@ -57,10 +59,11 @@ impl AuthDialect {
         let jabber_ua = req
             .user_agent()
             .is_some_and(|ua| ua.starts_with("Cisco-CSF"));
+        // Runs on every REGISTER: compared in place, no lowercased copy of each Contact.
         let device_contact = req
             .all("Contact")
-            .any(|c| c.to_ascii_lowercase().contains(DEVICE_NAME_PARAM));
-        let proxy_bearer = req.proxy_authorization().iter().any(|v| is_bearer(v));
+            .any(|c| contains_ignore_ascii_case(c, DEVICE_NAME_PARAM));
+        let proxy_bearer = req.all("Proxy-Authorization").any(is_bearer);
         if jabber_ua || device_contact || proxy_bearer {
             AuthDialect::UnifiedCm
         } else {
@@ -81,6 +84,15 @@ impl AuthDialect {
     }
 }
 
+/// Whether `needle` occurs in `haystack`, ASCII case-insensitively.
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    needle.is_empty()
+        || haystack
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 fn is_bearer(value: &str) -> bool {
     value
         .split_whitespace()
@@ -89,12 +101,12 @@ fn is_bearer(value: &str) -> bool {
 }
 
 /// The first Bearer token in `Authorization`, then `Proxy-Authorization`. `Ok(None)` when no
-/// Bearer credentials are present (other schemes such as Digest are ignored).
-pub fn bearer_token(req: &Request) -> Result<Option<String>, AuthError> {
+/// Bearer credentials are present (other schemes such as Digest are ignored). The token
+/// borrows from the request unless it had to be unquoted.
+pub fn bearer_token(req: &Request) -> Result<Option<Cow<'_, str>>, AuthError> {
     for value in req
-        .authorization()
-        .into_iter()
-        .chain(req.proxy_authorization())
+        .all("Authorization")
+        .chain(req.all("Proxy-Authorization"))
     {
         if let Some(token) = parse_bearer(value)? {
             return Ok(Some(token));
@@ -105,7 +117,7 @@ pub fn bearer_token(req: &Request) -> Result<Option<String>, AuthError> {
 
 /// Parses one credentials value: `Bearer <token68>` (RFC 6750 §2.1) or `Bearer token="<token>"`
 /// (Cisco Jabber). `Ok(None)` for other schemes.
-pub fn parse_bearer(value: &str) -> Result<Option<String>, AuthError> {
+pub fn parse_bearer(value: &str) -> Result<Option<Cow<'_, str>>, AuthError> {
     let value = value.trim();
     let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("Bearer") {
@@ -113,7 +125,7 @@ pub fn parse_bearer(value: &str) -> Result<Option<String>, AuthError> {
     }
     let rest = rest.trim();
     if is_token68(rest) {
-        return Ok(Some(rest.to_owned()));
+        return Ok(Some(Cow::Borrowed(rest)));
     }
     // auth-param list; the token is the `token` parameter.
     for param in split_params(rest) {
@@ -121,7 +133,7 @@ pub fn parse_bearer(value: &str) -> Result<Option<String>, AuthError> {
         if name.trim().eq_ignore_ascii_case("token") {
             let token = unquote(v);
             if is_token68(&token) {
-                return Ok(Some(token));
+                return Ok(Some(Cow::Owned(token)));
             }
             return Err(AuthError::MalformedBearer);
         }
@@ -237,6 +249,13 @@ mod tests {
                 "m: <sip:a@b>;+u.sip!devicename.ccm.cisco.com=\"CSFx\""
             )),
             AuthDialect::UnifiedCm
+        );
+        assert_eq!(
+            AuthDialect::of(&req(
+                "Contact: <sip:a@b>;+U.SIP!DeviceName.CCM.Cisco.com=\"CSFx\""
+            )),
+            AuthDialect::UnifiedCm,
+            "the parameter name matches in any case"
         );
         assert_eq!(
             AuthDialect::of(&req("Proxy-Authorization: Bearer t")),

@@ -86,6 +86,12 @@ pub(crate) async fn accept_loop_until(
     cancel: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
+    // Bound to one address, every accepted socket's local address is that one: no
+    // getsockname per connection. Only a wildcard bind has to ask.
+    let fixed_local = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -93,8 +99,9 @@ pub(crate) async fn accept_loop_until(
                 Ok((tcp, peer)) => {
                     // Refused: dropping the socket closes it; the gate counted and logged it.
                     let Ok(permit) = registrar.gate.admit(peer.ip()) else { continue };
+                    let conn = Accepted { tcp, peer, local: fixed_local, _permit: permit };
                     connections.spawn(serve(
-                        tcp, peer, permit, registrar.clone(), kind.clone(), port, cancel.child_token(),
+                        conn, registrar.clone(), kind.clone(), port, cancel.child_token(),
                     ));
                 }
                 Err(e) => {
@@ -120,16 +127,35 @@ pub(crate) async fn accept_loop_until(
     connections.shutdown().await;
 }
 
-async fn serve(
+/// One accepted connection, admitted by the gate.
+struct Accepted {
     tcp: TcpStream,
     peer: SocketAddr,
+    /// The local address when the listener already knows it.
+    local: Option<SocketAddr>,
     _permit: ConnectionPermit,
+}
+
+async fn serve(
+    conn: Accepted,
     registrar: Arc<Registrar>,
     kind: StreamKind,
     port: PortKind,
     cancel: CancellationToken,
 ) {
-    let Ok(local) = tcp.local_addr() else { return };
+    let Accepted {
+        tcp,
+        peer,
+        local,
+        _permit,
+    } = conn;
+    let local = match local {
+        Some(a) => a,
+        None => match tcp.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        },
+    };
     let _ = tcp.set_nodelay(true);
     let cfg = &registrar.config;
     let facts = |transport| ConnectionFacts {

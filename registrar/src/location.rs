@@ -3,13 +3,14 @@
 //! One [`DashMap`] entry per AOR; [`Location::apply`] checks and commits a REGISTER's changes
 //! under that entry's lock, so the RFC 3261 §10.3 step 6-7 ordering rules and the
 //! all-or-nothing commit hold even when two connections register the same AOR at once. Every
-//! AOR that changes is remembered as dirty until the [`Persister`](crate::persist::Persister)
-//! takes it.
+//! AOR that changes is remembered as dirty until the persister ([`crate::persist`]) takes it;
+//! an AOR that appeared and went again between two takes, never written, is not written at all.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
@@ -182,10 +183,60 @@ pub struct Location {
     // A boxed slice per AOR rather than a Vec: the map has about twice as many slots as AORs,
     // so every byte of the slot counts twice; the set is rebuilt on each change anyway.
     aors: DashMap<Box<str>, Box<[Packed]>>,
-    dirty: Mutex<HashSet<String>>,
+    dirty: DirtySet,
     // The AORs registered over each connection, so a closing connection visits only its own
     // AORs instead of scanning every binding (which made a registration storm quadratic).
     flows: DashMap<FlowId, FlowAors>,
+}
+
+/// Shards of the dirty set: every binding change marks its AOR, so one lock for all of them
+/// would serialise every REGISTER on every worker.
+const DIRTY_SHARDS: usize = 16;
+
+/// The AORs changed since the persister last took them, each with whether the store may hold
+/// rows of it. `false` only for an AOR that had no binding and was clean when it got its first
+/// one: if it empties again before the next take (a storm device that registers and leaves
+/// within one `persist_interval`), there is nothing to write — no insert and no delete.
+#[derive(Debug)]
+struct DirtySet {
+    shards: Box<[Mutex<HashMap<Box<str>, bool>>]>,
+}
+
+impl Default for DirtySet {
+    fn default() -> Self {
+        DirtySet {
+            shards: (0..DIRTY_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl DirtySet {
+    fn shard(&self, hash: usize) -> std::sync::MutexGuard<'_, HashMap<Box<str>, bool>> {
+        self.shards[hash % DIRTY_SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `aor` dirty. When it is dirty already its flag stays: the first change since the
+    /// last take saw what the store holds.
+    fn mark(&self, hash: usize, aor: &str, maybe_stored: bool) {
+        let mut d = self.shard(hash);
+        // Most REGISTERs refresh an AOR already waiting: no key allocation then.
+        if !d.contains_key(aor) {
+            d.insert(Box::from(aor), maybe_stored);
+        }
+    }
+
+    /// Marks `aor` dirty with rows possibly in the store, whatever was known before.
+    fn mark_stored(&self, hash: usize, aor: &str) {
+        let mut d = self.shard(hash);
+        match d.get_mut(aor) {
+            Some(m) => *m = true,
+            None => {
+                d.insert(Box::from(aor), true);
+            }
+        }
+    }
 }
 
 /// Most AORs remembered per flow; an edge connection carrying more falls back to a full scan
@@ -541,10 +592,16 @@ impl Location {
         max_bindings: usize,
         now: i64,
     ) -> Result<Vec<Binding>, ApplyError> {
-        let run = |e: &mut Box<[Packed]>| {
+        let hash = self.aors.hash_usize(&aor);
+        // `created`: the AOR had no binding. It is marked dirty while its entry is still locked,
+        // so a persister reading the entry sees the change and its mark together (`take_dirty`).
+        let run = |e: &mut Box<[Packed]>, created: bool| {
             let r = apply_in(e, changes, max_bindings, now);
             let after: Vec<Binding> = match r {
-                Ok(()) => e.iter().map(Packed::unpack).collect(),
+                Ok(()) => {
+                    self.dirty.mark(hash, aor, !created);
+                    e.iter().map(Packed::unpack).collect()
+                }
                 Err(_) => Vec::new(),
             };
             (r, e.is_empty(), after)
@@ -553,15 +610,17 @@ impl Location {
         // API, which locks the shard for the insert, settles a race between two first
         // REGISTERs of one AOR.
         let (result, now_empty, after) = match self.aors.get_mut(aor) {
-            Some(mut e) => run(&mut e),
-            None => run(&mut self.aors.entry(Box::from(aor)).or_default()),
+            Some(mut e) => run(&mut e, false),
+            None => match self.aors.entry(Box::from(aor)) {
+                Entry::Occupied(mut e) => run(e.get_mut(), false),
+                Entry::Vacant(e) => run(&mut e.insert(Box::default()), true),
+            },
         };
         if now_empty {
             self.aors.remove_if(aor, |_, v| v.is_empty());
         }
         result?;
         self.index_flows(aor, &after);
-        self.mark_dirty(aor);
         Ok(after)
     }
 
@@ -683,7 +742,7 @@ impl Location {
             self.aors.remove_if(aor, |_, v| v.is_empty());
         }
         if removed > 0 {
-            self.mark_dirty(aor);
+            self.dirty.mark(self.aors.hash_usize(&aor), aor, true);
         }
         removed
     }
@@ -709,12 +768,12 @@ impl Location {
                     .collect();
                 *v = kept.into_boxed_slice();
                 removed += before - v.len();
-                changed.push(aor.to_string());
+                changed.push(aor.clone());
             }
             !v.is_empty()
         });
         for aor in changed {
-            self.mark_dirty(&aor);
+            self.dirty.mark(self.aors.hash_usize(&&*aor), &aor, true);
         }
         removed
     }
@@ -745,38 +804,54 @@ impl Location {
         n
     }
 
-    /// Every AOR that changed since the last call, with its current bindings (empty: all gone).
+    /// Every AOR that changed since the last call, with its current bindings (empty: all gone
+    /// from the store too). An AOR that gained and lost all its bindings since the last call,
+    /// with none in the store before, is left out: there is nothing to write.
     pub fn take_dirty(&self) -> Vec<(String, Vec<Binding>)> {
-        // Taken whole rather than drained, so the set's table (one slot per AOR after a
-        // registration storm) is freed instead of kept at its largest size.
-        let aors: HashSet<String> = {
-            let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *d)
-        };
-        aors.into_iter()
-            .map(|aor| {
-                let bindings = self
-                    .aors
-                    .get(aor.as_str())
-                    .map(|e| e.iter().map(Packed::unpack).collect())
-                    .unwrap_or_default();
-                (aor, bindings)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for shard in self.dirty.shards.iter() {
+            // Taken whole rather than drained, so the table (one slot per AOR after a
+            // registration storm) is freed instead of kept at its largest size.
+            let aors = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            for (aor, maybe_stored) in aors {
+                let bindings: Vec<Binding> = match self.aors.get(&*aor) {
+                    Some(e) => {
+                        let bindings: Vec<Binding> = e.iter().map(Packed::unpack).collect();
+                        // A first binding made after the take above was marked as not in the
+                        // store, but the caller is about to write it: correct the mark while
+                        // the entry is still locked, so the mark and the read cannot cross.
+                        if !bindings.is_empty() {
+                            let hash = self.aors.hash_usize(&&*aor);
+                            if let Some(m) = self.dirty.shard(hash).get_mut(&aor) {
+                                *m = true;
+                            }
+                        }
+                        bindings
+                    }
+                    None => Vec::new(),
+                };
+                if bindings.is_empty() && !maybe_stored {
+                    continue;
+                }
+                out.push((String::from(aor), bindings));
+            }
+        }
+        out
     }
 
-    /// Marks `aor` as changed, so the persister writes it again (e.g. after a failed write).
+    /// Marks `aor` as changed with rows possibly in the store, so the persister writes it again
+    /// (e.g. after a failed write).
     pub fn mark_dirty(&self, aor: &str) {
-        let mut d = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        // Most REGISTERs refresh an AOR already waiting: no key allocation then.
-        if !d.contains(aor) {
-            d.insert(aor.to_owned());
-        }
+        self.dirty.mark_stored(self.aors.hash_usize(&aor), aor);
     }
 
     /// Number of AORs waiting to be persisted.
     pub fn dirty_count(&self) -> usize {
-        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.dirty
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     /// Number of stored bindings (expired ones not yet purged included).
@@ -1089,5 +1164,44 @@ mod tests {
         let b = &restored.bindings("a@h", 20)[0];
         assert_eq!((b.flow, b.flow_state), (0, FlowState::Unknown));
         assert_eq!(restored.dirty_count(), 0);
+    }
+
+    #[test]
+    fn an_aor_that_came_and_went_between_flushes_is_not_written() {
+        let loc = Location::new();
+        let bind = |loc: &Location, cseq| {
+            loc.apply(
+                "a@h",
+                &[BindingChange::Bind(binding("sip:x", "c", cseq, 100))],
+                10,
+                0,
+            )
+            .unwrap();
+        };
+        // A storm device: registers and leaves within one persist interval.
+        bind(&loc, 1);
+        assert_eq!(loc.remove_flow(1), 1);
+        assert_eq!(loc.dirty_count(), 1);
+        assert!(loc.take_dirty().is_empty(), "nothing stored, nothing to delete");
+
+        // Once written, the removal must reach the store.
+        bind(&loc, 2);
+        assert_eq!(loc.take_dirty().len(), 1);
+        assert_eq!(loc.remove_flow(1), 1);
+        bind(&loc, 3);
+        assert_eq!(loc.remove_flow(1), 1);
+        assert_eq!(loc.take_dirty(), vec![("a@h".to_string(), vec![])]);
+
+        // A failed write marks the AOR as possibly stored again.
+        bind(&loc, 4);
+        assert_eq!(loc.remove_flow(1), 1);
+        loc.mark_dirty("a@h");
+        assert_eq!(loc.take_dirty(), vec![("a@h".to_string(), vec![])]);
+
+        // Expired bindings of a restored AOR are in the store: their purge is written.
+        let restored = Location::new();
+        restored.restore([("a@h".to_string(), binding("sip:x", "c", 1, 100))], 0);
+        assert_eq!(restored.purge_expired(200), 1);
+        assert_eq!(restored.take_dirty(), vec![("a@h".to_string(), vec![])]);
     }
 }

@@ -208,7 +208,8 @@ pub(crate) fn insert_refresh(conn: &Connection, t: &RefreshToken) -> Result<()> 
     Ok(())
 }
 
-/// The body of `use_refresh_token`, inside the caller's IMMEDIATE transaction.
+/// The body of `use_refresh_token`, inside the caller's IMMEDIATE transaction; the caller also
+/// runs [`sweep_refresh`] once per transaction.
 pub(crate) fn use_refresh(conn: &Connection, hash: &str, now: i64) -> Result<RefreshUse> {
     let row = conn
         .prepare_cached(
@@ -231,12 +232,18 @@ pub(crate) fn use_refresh(conn: &Connection, hash: &str, now: i64) -> Result<Ref
             RefreshUse::Fresh(t)
         }
     };
+    Ok(out)
+}
+
+/// Deletes expired refresh tokens and old family tombstones. Garbage collection only: an expired
+/// token is refused whether or not its row is still there, so a batch of rotations sweeps once.
+pub(crate) fn sweep_refresh(conn: &Connection, now: i64) -> Result<()> {
     // Both sweeps use an index (refresh_tokens_expires, revoked_refresh_families_at).
     conn.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
         .execute(params![now])?;
     conn.prepare_cached("DELETE FROM revoked_refresh_families WHERE revoked_at <= ?1")?
         .execute(params![now - FAMILY_TOMBSTONE_SECS])?;
-    Ok(out)
+    Ok(())
 }
 
 fn read_refresh(r: &rusqlite::Row<'_>) -> rusqlite::Result<(RefreshToken, bool)> {
@@ -701,6 +708,7 @@ impl Store for SqliteStore {
             // IMMEDIATE takes the write lock first, so two callers cannot both see `used = 0`.
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let out = use_refresh(&tx, &hash, now)?;
+            sweep_refresh(&tx, now)?;
             tx.commit()?;
             Ok(out)
         })

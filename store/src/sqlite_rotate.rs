@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sqlite::{insert_refresh, use_refresh};
+use crate::sqlite::{insert_refresh, sweep_refresh, use_refresh};
 use crate::{RefreshSuccessor, RefreshUse, Result, StoreError};
 
 /// Most rotations in one transaction: bounds how long the connection is held at once.
@@ -104,9 +104,16 @@ fn commit(conn: &Mutex<Connection>, batch: Vec<Job>) -> Vec<Answer> {
         Err(e) => return fail_all(batch, &e.to_string()),
     };
     let mut done = Vec::with_capacity(batch.len());
+    let mut latest = i64::MIN;
     for job in batch {
+        latest = latest.max(job.now);
         let out = rotate_one(&mut tx, &job.hash, job.now, job.successor);
         done.push((job.reply, out));
+    }
+    // Once per batch, not per rotation. A failed sweep costs nothing but garbage: the rotations
+    // stand (SQLite undoes only the failed statement) and the next batch sweeps again.
+    if let Err(e) = sweep_refresh(&tx, latest) {
+        tracing::warn!(error = %e, "sweeping expired refresh tokens failed");
     }
     if let Err(e) = tx.commit() {
         let why = e.to_string();

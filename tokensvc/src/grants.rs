@@ -120,6 +120,70 @@ pub struct TokenService {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The live directory: its cluster settings override `cfg`'s lifetimes and switches.
     pub(crate) directory: std::sync::OnceLock<sipreg_store::Directory>,
+    /// Clients already resolved, so a refresh grant costs no store round trip for its client.
+    clients: ClientCache,
+}
+
+/// Most clients remembered; a deployment has a handful, and only existing ones are cached.
+const MAX_CACHED_CLIENTS: usize = 256;
+
+/// Resolved clients, forgotten whenever the store announces a client change (or may have lost
+/// an announcement). The announcements are read on each lookup, before the map: a row read just
+/// before a change is committed is dropped at the next lookup at the latest.
+struct ClientCache {
+    changes: std::sync::Mutex<tokio::sync::broadcast::Receiver<sipreg_store::Change>>,
+    clients: std::sync::RwLock<std::collections::HashMap<String, Client>>,
+}
+
+impl ClientCache {
+    fn new(store: &dyn Store) -> Self {
+        Self {
+            changes: std::sync::Mutex::new(store.subscribe()),
+            clients: Default::default(),
+        }
+    }
+
+    /// The cached client `id`, after applying the changes announced since the last lookup.
+    fn get(&self, id: &str) -> Option<Client> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut stale = false;
+        match self.changes.lock() {
+            Ok(mut rx) => loop {
+                match rx.try_recv() {
+                    Ok(sipreg_store::Change::Client(_) | sipreg_store::Change::Reload)
+                    | Err(TryRecvError::Lagged(_)) => stale = true,
+                    Ok(_) => {}
+                    Err(TryRecvError::Empty) => break,
+                    // No store left to announce anything: trust nothing cached.
+                    Err(TryRecvError::Closed) => {
+                        stale = true;
+                        break;
+                    }
+                }
+            },
+            Err(_) => stale = true,
+        }
+        if stale {
+            self.clear();
+            return None;
+        }
+        self.clients.read().ok()?.get(id).cloned()
+    }
+
+    fn insert(&self, client: &Client) {
+        if let Ok(mut map) = self.clients.write() {
+            if map.len() >= MAX_CACHED_CLIENTS {
+                map.clear();
+            }
+            map.insert(client.id.clone(), client.clone());
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut map) = self.clients.write() {
+            map.clear();
+        }
+    }
 }
 
 /// The lifetimes and switches in force for one request: the cluster settings when a directory is
@@ -142,7 +206,6 @@ impl TokenService {
         crate::ensure_crypto_provider();
         let validator = AccessTokenValidator::new(keys.clone(), &cfg);
         Self {
-            store,
             keys,
             cfg,
             validator,
@@ -152,6 +215,8 @@ impl TokenService {
             introspection_secrets: Vec::new(),
             metrics: Arc::default(),
             directory: std::sync::OnceLock::new(),
+            clients: ClientCache::new(store.as_ref()),
+            store,
         }
     }
 
@@ -228,9 +293,15 @@ impl TokenService {
     }
 
     pub(crate) async fn client(&self, id: &str) -> Result<Client, GrantError> {
-        clients::resolve(self.store.as_ref(), id)
+        if let Some(c) = self.clients.get(id) {
+            return Ok(c);
+        }
+        // Unknown ids are not cached: a client cannot fill the cache with made-up names.
+        let client = clients::resolve(self.store.as_ref(), id)
             .await?
-            .ok_or(GrantError::InvalidClient)
+            .ok_or(GrantError::InvalidClient)?;
+        self.clients.insert(&client);
+        Ok(client)
     }
 
     /// Checks a user's password behind the brute-force throttle; `Ok(false)` for a wrong one.
@@ -408,7 +479,9 @@ impl TokenService {
             Err(Refusal::Scope) => return Err(GrantError::InvalidScope),
         };
         let access_token = self.issue_access_token(&stored.user_id, &client.id, &scope, now)?;
-        tracing::info!(user = %stored.user_id, client_id = %client.id, scope, "issued tokens");
+        // Debug, not info: a refresh is routine (one per device and token lifetime, thousands a
+        // second in bulk) and `/metrics` counts them; refusals, reuse and revocations still log.
+        tracing::debug!(user = %stored.user_id, client_id = %client.id, scope, "refreshed tokens");
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer".into(),
@@ -1059,5 +1132,33 @@ pub(crate) mod tests {
             .password_grant("jdoe", "secret", "softphone", None, Some(ip), NOW + 2)
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cached_client_is_forgotten_when_the_store_announces_a_change() {
+        let f = fixture().await;
+        let app = sipreg_store::OAuthClient {
+            id: "app".into(),
+            name: "App".into(),
+            redirect_uris: vec!["https://app.example/cb".into()],
+            scopes: vec!["sip:register".into()],
+            created_at: 1,
+        };
+        f.store.create_client(&app).await.unwrap();
+        // Resolved once from the store, then from the cache.
+        assert_eq!(f.service.client("app").await.unwrap().name, "App");
+        assert_eq!(f.service.client("app").await.unwrap().name, "App");
+        f.store.delete_client("app").await.unwrap();
+        assert!(matches!(
+            f.service.client("app").await,
+            Err(GrantError::InvalidClient)
+        ));
+        // Recreated with another name: the next lookup sees the new row, not a stale copy.
+        let renamed = sipreg_store::OAuthClient {
+            name: "App 2".into(),
+            ..app
+        };
+        f.store.create_client(&renamed).await.unwrap();
+        assert_eq!(f.service.client("app").await.unwrap().name, "App 2");
     }
 }

@@ -1,6 +1,12 @@
 //! Issuing RFC 9068 access tokens: JWS compact, ES256, `typ: at+jwt`, signed with the active key.
+//!
+//! The JWS is assembled here rather than by `jsonwebtoken::encode`, which parses the PKCS#8 key
+//! (and checks it against its public point, a P-256 scalar multiplication) on every call: the
+//! key set holds the parsed key pair and the encoded header once per key generation, so a token
+//! costs one claims serialisation and one signature.
 
-use jsonwebtoken::{Algorithm, Header};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde::Serialize;
 
 use crate::{KeyRing, TokenConfig, TokenError};
@@ -17,7 +23,7 @@ struct WireClaims<'a> {
     exp: i64,
     nbf: i64,
     iat: i64,
-    jti: String,
+    jti: &'a str,
     client_id: &'a str,
     scope: &'a str,
 }
@@ -31,12 +37,9 @@ pub(crate) fn sign_access_token(
     scope: &str,
     now: i64,
 ) -> Result<String, TokenError> {
-    crate::ensure_crypto_provider();
     let set = keys.current();
-    let (kid, key) = set.signing();
-    let mut header = Header::new(Algorithm::ES256);
-    header.typ = Some(ACCESS_TOKEN_TYP.into());
-    header.kid = Some(kid.to_owned());
+    let signer = set.signer();
+    let mut jti = uuid::Uuid::encode_buffer();
     let claims = WireClaims {
         iss: &cfg.issuer,
         sub: user,
@@ -44,9 +47,19 @@ pub(crate) fn sign_access_token(
         exp: now.saturating_add(cfg.access_ttl_secs),
         nbf: now,
         iat: now,
-        jti: uuid::Uuid::new_v4().to_string(),
+        jti: uuid::Uuid::new_v4().hyphenated().encode_lower(&mut jti),
         client_id,
         scope,
     };
-    Ok(jsonwebtoken::encode(&header, &claims, key)?)
+    let json = serde_json::to_vec(&claims).map_err(|e| TokenError::Sign(e.into()))?;
+    // header.claims.signature, each part base64url; a P-256 signature is 64 bytes (86 chars).
+    let header = signer.header_b64();
+    let mut token = String::with_capacity(header.len() + json.len() * 4 / 3 + 92);
+    token.push_str(header);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+    let signature = signer.sign(token.as_bytes())?;
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+    Ok(token)
 }

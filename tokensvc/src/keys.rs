@@ -10,9 +10,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, Signature, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, Header};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -32,8 +35,10 @@ pub struct KeyRing {
 /// One immutable generation of keys, built from the store once per (re)load.
 pub(crate) struct KeySet {
     active_kid: String,
-    active: EncodingKey,
-    verifying: HashMap<String, DecodingKey>,
+    active: Signer,
+    /// Parsed once per generation, so a token check does no key decoding (aws-lc-rs otherwise
+    /// re-parses the SEC1 point on every verification).
+    verifying: HashMap<String, ParsedPublicKey>,
     jwks: Value,
 }
 
@@ -132,7 +137,7 @@ impl KeySet {
                 active_key.kid
             )));
         }
-        let active = encoding_key(active_key)?;
+        let active = Signer::new(active_key)?;
         Ok(KeySet {
             active_kid: active_key.kid.clone(),
             active,
@@ -141,13 +146,13 @@ impl KeySet {
         })
     }
 
-    /// The key id and key new tokens are signed with.
-    pub(crate) fn signing(&self) -> (&str, &EncodingKey) {
-        (&self.active_kid, &self.active)
+    /// The key new tokens are signed with.
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.active
     }
 
-    /// The published verifying key with this id.
-    pub(crate) fn verifying(&self, kid: &str) -> Option<&DecodingKey> {
+    /// The published verifying key with this id (ES256: P-256, SHA-256, fixed-size signature).
+    pub(crate) fn verifying(&self, kid: &str) -> Option<&ParsedPublicKey> {
         self.verifying.get(kid)
     }
 }
@@ -187,35 +192,70 @@ fn split_point(raw: &[u8]) -> Result<(String, String), TokenError> {
     }
 }
 
-fn verifying_key(key: &SigningKey) -> Result<DecodingKey, TokenError> {
-    let coordinate_ok = |c: &str| {
+/// The stored coordinates as an ES256 verifying key; aws-lc checks the point is on the curve.
+fn verifying_key(key: &SigningKey) -> Result<ParsedPublicKey, TokenError> {
+    let bad = || TokenError::Key(format!("key {} has invalid p-256 coordinates", key.kid));
+    let coordinate = |c: &str| {
         URL_SAFE_NO_PAD
             .decode(c)
-            .map(|b| b.len() == 32)
-            .unwrap_or(false)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(bad)
     };
-    if !coordinate_ok(&key.public_x) || !coordinate_ok(&key.public_y) {
-        return Err(TokenError::Key(format!(
-            "key {} has invalid p-256 coordinates",
-            key.kid
-        )));
-    }
-    DecodingKey::from_ec_components(&key.public_x, &key.public_y)
-        .map_err(|e| TokenError::Key(e.to_string()))
+    // SEC1 uncompressed point: 04 || x || y.
+    let mut point = Vec::with_capacity(65);
+    point.push(0x04);
+    point.extend_from_slice(&coordinate(&key.public_x)?);
+    point.extend_from_slice(&coordinate(&key.public_y)?);
+    ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point).map_err(|_| bad())
 }
 
-/// Parses the active private key and checks it belongs to the public key we publish, so that a
-/// mismatched row cannot make us sign tokens nobody can verify.
-fn encoding_key(key: &SigningKey) -> Result<EncodingKey, TokenError> {
-    let bad = |what: &str| TokenError::Key(format!("active key {}: {what}", key.kid));
-    let pair = KeyPair::from_pkcs8_pem_and_sign_algo(&key.private_pem, &PKCS_ECDSA_P256_SHA256)
-        .map_err(|_| bad("private key is not a p-256 pkcs#8 pem"))?;
-    let (x, y) = split_point(pair.public_key_raw())?;
-    if x != key.public_x || y != key.public_y {
-        return Err(bad("private key does not match the stored public key"));
+/// The active key, parsed once per key generation: the ES256 key pair and the base64url JWS
+/// header naming it, so that signing a token neither parses a key (jsonwebtoken's `encode` does,
+/// with a P-256 point check, on every call) nor serialises a header.
+pub(crate) struct Signer {
+    pair: EcdsaKeyPair,
+    header_b64: String,
+    rng: SystemRandom,
+}
+
+impl Signer {
+    /// Parses the active private key and checks it belongs to the public key we publish, so that
+    /// a mismatched row cannot make us sign tokens nobody can verify.
+    fn new(key: &SigningKey) -> Result<Signer, TokenError> {
+        let bad = |what: &str| TokenError::Key(format!("active key {}: {what}", key.kid));
+        let pem = KeyPair::from_pkcs8_pem_and_sign_algo(&key.private_pem, &PKCS_ECDSA_P256_SHA256)
+            .map_err(|_| bad("private key is not a p-256 pkcs#8 pem"))?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pem.serialized_der())
+                .map_err(|_| bad("private key unusable for es256"))?;
+        // The point of the pair we sign with, not of a second parse of the same PEM.
+        let (x, y) = split_point(pair.public_key().as_ref())?;
+        if x != key.public_x || y != key.public_y {
+            return Err(bad("private key does not match the stored public key"));
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(crate::issue::ACCESS_TOKEN_TYP.into());
+        header.kid = Some(key.kid.clone());
+        let json = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
+        Ok(Signer {
+            pair,
+            header_b64: URL_SAFE_NO_PAD.encode(json),
+            rng: SystemRandom::new(),
+        })
     }
-    EncodingKey::from_ec_pem(key.private_pem.as_bytes())
-        .map_err(|_| bad("private key unusable for es256"))
+
+    /// The JWS protected header of every token this key signs, base64url.
+    pub(crate) fn header_b64(&self) -> &str {
+        &self.header_b64
+    }
+
+    /// The ES256 signature (`r || s`, 64 bytes, RFC 7518 §3.4) of a JWS signing input.
+    pub(crate) fn sign(&self, signing_input: &[u8]) -> Result<Signature, TokenError> {
+        self.pair.sign(&self.rng, signing_input).map_err(|_| {
+            TokenError::Sign(jsonwebtoken::errors::ErrorKind::Signing("es256".into()).into())
+        })
+    }
 }
 
 fn public_jwk(key: &SigningKey) -> Value {

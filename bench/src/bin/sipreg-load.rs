@@ -72,6 +72,9 @@ struct ProvisionArgs {
     /// Admin API requests in flight.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// PID of the server, to report its CPU time per refresh grant.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Where to write the tokens, one per line.
     #[arg(long)]
     out: PathBuf,
@@ -216,20 +219,25 @@ async fn cmd_provision(a: ProvisionArgs) -> Result<(), String> {
         tokens: a.tokens,
         chains: a.chains,
         concurrency: a.concurrency,
+        server_pid: a.server_pid,
     };
     let report = provision(&opts).await.map_err(|e| e.to_string())?;
     let mut text = report.tokens.join("\n");
     text.push('\n');
     std::fs::write(&a.out, text).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    // CPU per refresh grant: `-` where unknown (no --server-pid, or /proc unreadable).
+    let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
     println!(
         "PROVISION devices={} device_time={:.2}s tokens={} refresh_grants={} refresh_time={:.2}s \
-         refresh_rate={:.0}/s",
+         refresh_rate={:.0}/s server_cpu_us_per_grant={} load_cpu_us_per_grant={}",
         report.devices,
         report.device_time.as_secs_f64(),
         report.tokens.len(),
         report.refresh_grants,
         report.refresh_time.as_secs_f64(),
         report.refresh_rate(),
+        us(report.server_us_per_grant()),
+        us(report.load_us_per_grant()),
     );
     Ok(())
 }
