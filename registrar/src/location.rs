@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use dashmap::mapref::entry::Entry;
@@ -184,6 +185,10 @@ pub struct Location {
     // so every byte of the slot counts twice; the set is rebuilt on each change anyway.
     aors: DashMap<Box<str>, Box<[Packed]>>,
     dirty: DirtySet,
+    // No binding expires before this (unix seconds; it may be earlier than the truth, never
+    // later), so the sweeper skips its visit of every AOR until then: with a million bindings
+    // of an hour's lifetime, most seconds have nothing to purge.
+    next_expiry: AtomicI64,
     // The AORs registered over each connection, so a closing connection visits only its own
     // AORs instead of scanning every binding (which made a registration storm quadratic).
     flows: DashMap<FlowId, FlowAors>,
@@ -193,13 +198,16 @@ pub struct Location {
 /// would serialise every REGISTER on every worker.
 const DIRTY_SHARDS: usize = 16;
 
+/// One shard of the [`DirtySet`]: AOR → whether the store may hold rows of it.
+type DirtyShard = HashMap<Box<str>, bool>;
+
 /// The AORs changed since the persister last took them, each with whether the store may hold
 /// rows of it. `false` only for an AOR that had no binding and was clean when it got its first
 /// one: if it empties again before the next take (a storm device that registers and leaves
 /// within one `persist_interval`), there is nothing to write — no insert and no delete.
 #[derive(Debug)]
 struct DirtySet {
-    shards: Box<[Mutex<HashMap<Box<str>, bool>>]>,
+    shards: Box<[Mutex<DirtyShard>]>,
 }
 
 impl Default for DirtySet {
@@ -211,7 +219,7 @@ impl Default for DirtySet {
 }
 
 impl DirtySet {
-    fn shard(&self, hash: usize) -> std::sync::MutexGuard<'_, HashMap<Box<str>, bool>> {
+    fn shard(&self, hash: usize) -> std::sync::MutexGuard<'_, DirtyShard> {
         self.shards[hash % DIRTY_SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -620,6 +628,11 @@ impl Location {
             self.aors.remove_if(aor, |_, v| v.is_empty());
         }
         result?;
+        for c in changes {
+            if let BindingChange::Bind(b) = c {
+                self.expires_by(b.expires_at);
+            }
+        }
         self.index_flows(aor, &after);
         Ok(after)
     }
@@ -660,7 +673,28 @@ impl Location {
 
     /// Removes expired bindings and empty AORs; returns how many bindings were removed.
     pub fn purge_expired(&self, now: i64) -> usize {
-        self.remove_packed(|b| b.expires_at <= now)
+        if now < self.next_expiry.load(Ordering::Relaxed) {
+            return 0;
+        }
+        // Reset before the visit: a binding added behind it lowers the bound itself (after its
+        // commit, see `apply`), one the visit sees is counted in `earliest`.
+        self.next_expiry.store(i64::MAX, Ordering::Relaxed);
+        let earliest = std::cell::Cell::new(i64::MAX);
+        let removed = self.remove_packed(|b| {
+            let expired = b.expires_at <= now;
+            if !expired {
+                earliest.set(earliest.get().min(b.expires_at));
+            }
+            expired
+        });
+        self.next_expiry
+            .fetch_min(earliest.get(), Ordering::Relaxed);
+        removed
+    }
+
+    /// Lowers the sweeper's bound to `expires_at`; call after the binding is visible.
+    fn expires_by(&self, expires_at: i64) {
+        self.next_expiry.fetch_min(expires_at, Ordering::Relaxed);
     }
 
     /// Removes every binding registered over `flow` (RFC 5626 §7: a dead flow invalidates its
@@ -799,6 +833,8 @@ impl Location {
             v.retain(|e| e.key() != key);
             v.push(Packed::pack(&b));
             *entry = v.into_boxed_slice();
+            drop(entry);
+            self.expires_by(b.expires_at);
             n += 1;
         }
         n
@@ -931,6 +967,25 @@ mod tests {
         assert_eq!(loc.len(), 1);
         assert_eq!(loc.purge_expired(199), 0);
         assert_eq!(loc.purge_expired(200), 1);
+        // The sweeper skips until the earliest expiry, yet sees a binding that expires sooner.
+        loc.apply(
+            "b@h",
+            &[BindingChange::Bind(binding("sip:b", "c", 1, 400))],
+            10,
+            0,
+        )
+        .unwrap();
+        assert_eq!(loc.purge_expired(300), 0);
+        loc.apply(
+            "c@h",
+            &[BindingChange::Bind(binding("sip:c", "c", 1, 350))],
+            10,
+            0,
+        )
+        .unwrap();
+        assert_eq!(loc.purge_expired(360), 1);
+        assert_eq!(loc.bindings("c@h", 0), vec![]);
+        assert_eq!(loc.purge_expired(400), 1);
         assert!(loc.is_empty());
         assert_eq!(loc.aor_count(), 0);
     }
@@ -1182,7 +1237,10 @@ mod tests {
         bind(&loc, 1);
         assert_eq!(loc.remove_flow(1), 1);
         assert_eq!(loc.dirty_count(), 1);
-        assert!(loc.take_dirty().is_empty(), "nothing stored, nothing to delete");
+        assert!(
+            loc.take_dirty().is_empty(),
+            "nothing stored, nothing to delete"
+        );
 
         // Once written, the removal must reach the store.
         bind(&loc, 2);
