@@ -127,8 +127,7 @@ impl ProvisionReport {
     }
 
     fn per_grant(&self, cpu: Option<Duration>) -> Option<f64> {
-        (self.refresh_grants > 0)
-            .then_some(cpu?.as_secs_f64() * 1e6 / self.refresh_grants as f64)
+        (self.refresh_grants > 0).then_some(cpu?.as_secs_f64() * 1e6 / self.refresh_grants as f64)
     }
 }
 
@@ -336,7 +335,10 @@ impl TokenEndpoint {
             .ok_or_else(bad)?;
         let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let name = ServerName::try_from(host.clone()).map_err(|_| bad())?;
         let mut cfg = crate::transport::client_config(ca)
             .map_err(|e| ProvisionError::Ca(ca.into(), e.to_string()))?;
@@ -458,7 +460,9 @@ impl TokenConn {
             .await
             .map_err(|e| ProvisionError::TokenConn(e.to_string()))?;
         if n == 0 {
-            return Err(ProvisionError::TokenConn("server closed the connection".into()));
+            return Err(ProvisionError::TokenConn(
+                "server closed the connection".into(),
+            ));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())

@@ -25,8 +25,8 @@ pub(crate) trait BindSocket: Sized + Send + 'static {
 }
 
 /// Pending connections the kernel queues before `accept` (the kernel caps it at
-/// `net.core.somaxconn`). tokio's `TcpListener::bind` uses 1024, which a registration storm
-/// overflows: every SYN dropped then costs its device a 1 s retransmission.
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` uses 128 (mio, like std), which a
+/// registration storm overflows: every SYN dropped then costs its device a 1 s retransmission.
 pub(crate) const LISTEN_BACKLOG: u32 = 4096;
 
 impl BindSocket for TcpListener {

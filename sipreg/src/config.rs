@@ -64,6 +64,39 @@ pub struct Config {
     pub mra: MraSection,
     /// Where `/metrics` is served besides the API port.
     pub metrics: crate::metrics::MetricsSection,
+    /// Time limits of the HTTP(S) listeners (API, token service, device config, metrics).
+    pub http: HttpSection,
+}
+
+/// `[http]`: how long an HTTP(S) connection may take to send a request head, and stay idle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// A request head must be complete this long after its first byte (or after the connection
+    /// opened), seconds (slowloris).
+    pub header_timeout_secs: u64,
+    /// A keep-alive connection with no request in progress is closed after this long, seconds.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        let d = crate::https::Limits::default();
+        HttpSection {
+            header_timeout_secs: d.header_timeout.as_secs(),
+            idle_timeout_secs: d.idle_timeout.as_secs(),
+        }
+    }
+}
+
+impl HttpSection {
+    /// The limits the HTTP(S) listeners enforce.
+    pub fn limits(&self) -> crate::https::Limits {
+        crate::https::Limits {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+        }
+    }
 }
 
 /// `[listen]`: where each listener binds.
@@ -442,6 +475,21 @@ impl Config {
                 rule: "10–86400",
             });
         }
+        let h = &self.http;
+        if !(1..=600).contains(&h.header_timeout_secs) {
+            return Err(ConfigError::Range {
+                key: "http.header_timeout_secs",
+                value: h.header_timeout_secs.to_string(),
+                rule: "1–600",
+            });
+        }
+        if !(1..=86400).contains(&h.idle_timeout_secs) {
+            return Err(ConfigError::Range {
+                key: "http.idle_timeout_secs",
+                value: h.idle_timeout_secs.to_string(),
+                rule: "1–86400",
+            });
+        }
         if r.digest_realm.is_empty() || r.digest_realm.contains('"') || r.digest_realm.len() > 128 {
             return Err(ConfigError::Range {
                 key: "registrar.digest_realm",
@@ -504,5 +552,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("registrar.min_expires"), "{e}");
+        let e = Config::from_toml("[http]\nidle_timeout_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.idle_timeout_secs") && e.contains("1–86400"),
+            "{e}"
+        );
     }
 }

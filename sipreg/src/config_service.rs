@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use sipreg_store::Directory;
 use sipreg_tftp_config::{tftp, ConfigFiles, TokenCheck};
 use sipreg_tokensvc::AccessTokenValidator;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,8 @@ pub struct Ctx {
     pub ip: IpAddr,
     /// Ports from the configuration.
     pub listen: ListenConfig,
+    /// Header-read and idle timeouts of the HTTP and HTTPS listeners.
+    pub limits: crate::https::Limits,
     /// The live directory.
     pub directory: Directory,
     /// Validates access tokens (for HTTPS 6971).
@@ -65,25 +67,22 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Started, String>
     let mut bound = Vec::new();
 
     let addr = SocketAddr::new(ctx.ip, ctx.listen.config_http_port);
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    let listener = crate::https::bind(addr).map_err(|e| {
         format!("cannot listen on {addr} for device config HTTP: {e}; free the port or set `listen.config_http_port`")
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let app = sipreg_tftp_config::router_for(files.clone());
-    let cancel = ctx.cancel.clone();
-    tasks.spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "device config HTTP server failed");
-        }
-    });
+    tasks.spawn(crate::https::serve_plain(
+        listener,
+        app,
+        ctx.limits,
+        ctx.cancel.clone(),
+    ));
     lines.push(format!("device config:    http://{local}/<device>.cnf.xml"));
     bound.push(("config-http".to_string(), local.to_string()));
 
     let addr = SocketAddr::new(ctx.ip, ctx.listen.config_https_port);
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    let listener = crate::https::bind(addr).map_err(|e| {
         format!("cannot listen on {addr} for device config HTTPS: {e}; free the port or set `listen.config_https_port`")
     })?;
     {
@@ -94,6 +93,7 @@ pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Started, String>
             listener,
             ctx.tls,
             app,
+            ctx.limits,
             ctx.cancel.clone(),
         ));
         lines.push(format!(

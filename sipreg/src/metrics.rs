@@ -19,8 +19,6 @@ use dashmap::DashMap;
 use serde::Deserialize;
 use sipreg_registrar::{Registrar, TlsFailure};
 use sipreg_tftp_config::FetchStats;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 
@@ -101,16 +99,6 @@ pub struct Sources {
     pub fetches: Arc<FetchStats>,
     /// Process start.
     pub started: Instant,
-}
-
-/// Serves only `/metrics` over plain HTTP on `listener` until `cancel` fires.
-pub async fn serve_plain(listener: TcpListener, sources: Arc<Sources>, cancel: CancellationToken) {
-    let r = axum::serve(listener, router(sources))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "metrics listener failed");
-    }
 }
 
 /// The `/metrics` route (no token: scrapers are not admins).

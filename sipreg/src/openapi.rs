@@ -66,7 +66,12 @@ pub fn add_problem_responses(doc: &mut utoipa::openapi::OpenApi) {
         .into_iter()
         .flatten()
         {
-            for (code, text) in cases {
+            // Bodies are read before routing (`https.rs`); an oversize one is refused there.
+            let too_large = op.request_body.is_some().then_some((
+                "413",
+                "The request body is over 2 MiB; the connection is closed",
+            ));
+            for (code, text) in cases.into_iter().chain(too_large) {
                 op.responses
                     .responses
                     .entry(code.to_string())

@@ -119,8 +119,9 @@ fn resolve_port(ip: std::net::IpAddr, port: u16) -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
+/// Binds an HTTP(S) listener with the backlog the SIP listeners have (`https::bind`).
 async fn bind(addr: SocketAddr, what: &str, key: &str) -> anyhow_like::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    crate::https::bind(addr).map_err(|e| {
         format!("cannot listen on {addr} for {what}: {e}; free the port or set `{key}`")
     })
 }
@@ -456,9 +457,10 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
                 fixed.push(("metrics (HTTP)".into(), a.to_string()));
             }
         }
-        tasks.spawn(crate::metrics::serve_plain(
+        tasks.spawn(crate::https::serve_plain(
             l,
-            metrics_sources.clone(),
+            crate::metrics::router(metrics_sources.clone()),
+            cfg.http.limits(),
             cancel.clone(),
         ));
     }
@@ -473,12 +475,14 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         https_listener,
         https_tls.shared(),
         app,
+        cfg.http.limits(),
         cancel.clone(),
     ));
     let config_started = crate::config_service::start(
         crate::config_service::Ctx {
             ip,
             listen: cfg.listen.clone(),
+            limits: cfg.http.limits(),
             directory: directory.clone(),
             validator: config_validator,
             tls: https_tls.shared(),

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, Signature, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, KeyPair as _, Signature, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use aws_lc_rs::signature::{ParsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -226,9 +228,8 @@ impl Signer {
         let bad = |what: &str| TokenError::Key(format!("active key {}: {what}", key.kid));
         let pem = KeyPair::from_pkcs8_pem_and_sign_algo(&key.private_pem, &PKCS_ECDSA_P256_SHA256)
             .map_err(|_| bad("private key is not a p-256 pkcs#8 pem"))?;
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pem.serialized_der())
-                .map_err(|_| bad("private key unusable for es256"))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pem.serialized_der())
+            .map_err(|_| bad("private key unusable for es256"))?;
         // The point of the pair we sign with, not of a second parse of the same PEM.
         let (x, y) = split_point(pair.public_key().as_ref())?;
         if x != key.public_x || y != key.public_y {
