@@ -2,6 +2,7 @@
 //! the connection caps, the TLS handshake under its own cap and timeout, then read → frame →
 //! answer until the peer leaves, a limit or timeout fires, or the listener is cancelled.
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,10 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 16 * 1024;
 /// Answers batched before a write even if more pipelined requests are waiting.
 const MAX_BATCH: usize = 64 * 1024;
+
+/// How far a connection's idle deadline may move later before its timer is re-armed; the
+/// timer never fires late because of it (an early fire re-arms to the real deadline).
+const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 /// Connection ids, unique for the process lifetime; 0 is never used (it means "no flow").
 pub(crate) static NEXT_FLOW: AtomicU64 = AtomicU64::new(1);
@@ -252,6 +257,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let cfg = &registrar.config;
     let mut framer = StreamFramer::new(cfg.max_message_size);
     let mut partial_since: Option<Instant> = None;
+    // One timer and one cancellation waiter for the connection's life, not a fresh timer
+    // registration per request: the timer is moved only when the deadline gets earlier or
+    // later by more than `TIMER_SLACK`; when it fires before the real deadline it is re-armed
+    // (so a timeout is never early, and late only by the timer wheel's resolution).
+    let timer = tokio::time::sleep(cfg.header_timeout);
+    tokio::pin!(timer);
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         // Every answer to what one read brought (pipelined requests) goes out in one write and
         // one flush: one TLS record and one syscall instead of one per message.
@@ -300,14 +313,26 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             // Read per wait from the live snapshot: max_expires is a cluster setting.
             None => Instant::now() + cfg.idle_timeout_for(&registrar.directory.snapshot()),
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            r = timeout_at(deadline, read_into(stream, &mut framer)) => match r {
-                Err(_) => return Err(ConnectionError::Timeout),
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-            },
+        if deadline < timer.deadline() || deadline > timer.deadline() + TIMER_SLACK {
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => return Ok(()),
+                r = read_into(stream, &mut framer) => match r {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => break,
+                    Err(e) => return Err(e),
+                },
+                _ = &mut timer => {
+                    if Instant::now() >= deadline {
+                        return Err(ConnectionError::Timeout);
+                    }
+                    // Fired at a deadline that has moved on since: wait for the real one.
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 }
@@ -318,12 +343,20 @@ async fn write_out<S: AsyncWrite + Unpin>(
     out: &[u8],
     limit: Duration,
 ) -> Result<(), ConnectionError> {
-    timeout(limit, async {
+    let write = async {
         stream.write_all(out).await?;
         stream.flush().await
-    })
-    .await
-    .map_err(|_| ConnectionError::Timeout)??;
+    };
+    tokio::pin!(write);
+    // The usual answer fits the socket buffer and completes on the first poll: no timer is
+    // registered for it. Only a write that has to wait for the peer runs under `limit`.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => r?,
+        Poll::Pending => timeout(limit, write)
+            .await
+            .map_err(|_| ConnectionError::Timeout)??,
+    }
     Ok(())
 }
 

@@ -124,8 +124,7 @@ impl StreamFramer {
         }
         let search_end = self.buf.len().min(limit);
         let from = self.scanned.saturating_sub(3).min(search_end);
-        let Some(head_end) = find(&self.buf[from..search_end], b"\r\n\r\n").map(|i| i + from)
-        else {
+        let Some(head_end) = find_blank_line(&self.buf[from..search_end]).map(|i| i + from) else {
             self.scanned = search_end;
             if self.buf.len() >= limit {
                 return Err(FrameError::TooLarge { limit });
@@ -158,8 +157,18 @@ impl StreamFramer {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the first CRLFCRLF in `hay` starts. Looks for LF bytes and checks the three before,
+/// instead of comparing a 4-byte window at every position.
+fn find_blank_line(hay: &[u8]) -> Option<usize> {
+    let mut from = 3;
+    while from < hay.len() {
+        let lf = from + hay[from..].iter().position(|&b| b == b'\n')?;
+        if &hay[lf - 3..lf] == b"\r\n\r" {
+            return Some(lf - 3);
+        }
+        from = lf + 1;
+    }
+    None
 }
 
 /// Cuts one UDP datagram to its SIP message (RFC 3261 §18.3): `Content-Length` is optional;
@@ -180,7 +189,7 @@ pub fn frame_datagram(data: &[u8], max_message_size: usize) -> Result<Option<&[u
     if data.is_empty() || data[0] < 0x20 {
         return Ok(None);
     }
-    let Some(head_end) = find(data, b"\r\n\r\n") else {
+    let Some(head_end) = find_blank_line(data) else {
         return Ok(Some(data));
     };
     let body_at = head_end + 4;
@@ -203,40 +212,56 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
 
 fn content_length_opt(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let mut found: Option<usize> = None;
-    let mut lines: Vec<Vec<u8>> = Vec::new();
-    // Skip the start line; unfold header lines (RFC 3261 §7.3.1).
+    // Skip the start line; unfold header lines (RFC 3261 §7.3.1). A logical line is borrowed
+    // from the head; only one with continuation lines (rare) is copied to be joined.
+    let mut current: Option<std::borrow::Cow<'_, [u8]>> = None;
     for line in head.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match (line.first(), lines.last_mut()) {
+        match (line.first(), current.as_mut()) {
             (Some(b' ' | b'\t'), Some(prev)) => {
+                let prev = prev.to_mut();
                 prev.push(b' ');
                 prev.extend_from_slice(line);
             }
-            _ => lines.push(line.to_vec()),
+            _ => {
+                if let Some(prev) = current.replace(std::borrow::Cow::Borrowed(line)) {
+                    check_content_length(&prev, &mut found)?;
+                }
+            }
         }
     }
-    for line in &lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
-            continue;
-        }
-        let raw = line[colon + 1..].trim_ascii();
-        let text = String::from_utf8_lossy(raw).into_owned();
-        if raw.is_empty() || !raw.iter().all(u8::is_ascii_digit) {
-            return Err(FrameError::InvalidContentLength(text));
-        }
-        let value: usize = text
-            .parse()
-            .map_err(|_| FrameError::InvalidContentLength(text.clone()))?;
-        match found {
-            Some(prev) if prev != value => return Err(FrameError::ConflictingContentLength),
-            _ => found = Some(value),
-        }
+    if let Some(last) = current {
+        check_content_length(&last, &mut found)?;
     }
     Ok(found)
+}
+
+/// If `line` is a `Content-Length` header, records its value in `found` (conflicts refused).
+fn check_content_length(line: &[u8], found: &mut Option<usize>) -> Result<(), FrameError> {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return Ok(());
+    };
+    let name = line[..colon].trim_ascii();
+    if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
+        return Ok(());
+    }
+    let raw = line[colon + 1..].trim_ascii();
+    let invalid = || FrameError::InvalidContentLength(String::from_utf8_lossy(raw).into_owned());
+    if raw.is_empty() || !raw.iter().all(u8::is_ascii_digit) {
+        return Err(invalid());
+    }
+    // Digits only (checked above): overflow is the one way this can fail.
+    let value = raw.iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    });
+    let value = value.ok_or_else(invalid)?;
+    match *found {
+        Some(prev) if prev != value => Err(FrameError::ConflictingContentLength),
+        _ => {
+            *found = Some(value);
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! rsip cannot parse what real clients send (compact names, folded lines, extension methods; see
 //! anchors §5), so the head is parsed here and rsip is used only to validate URIs.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -299,8 +300,8 @@ impl Request {
         let to = self.to_header()?;
         let uri = parse_sip_uri(&to.uri).ok_or(MessageError::Bad("To URI"))?;
         Ok(Aor {
-            user: uri.user().map(str::to_owned),
-            host: uri.host().to_string().to_ascii_lowercase(),
+            user: uri.user.map(Cow::into_owned),
+            host: uri.host.to_ascii_lowercase(),
         })
     }
 
@@ -393,25 +394,21 @@ impl Request {
         let mut out = String::with_capacity(value.len() + 40);
         out.push_str(via.head.trim_end());
         for raw in &via.raw_params {
-            let name = raw
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            match name.as_str() {
-                "received" if needs_received => continue,
-                "rport" => {
-                    out.push_str(&format!(";rport={}", remote.port()));
-                    continue;
-                }
-                _ => {}
+            let name = raw.split('=').next().unwrap_or("").trim();
+            if name.eq_ignore_ascii_case("received") && needs_received {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("rport") {
+                out.push_str(";rport=");
+                push_u32(&mut out, u32::from(remote.port()));
+                continue;
             }
             out.push(';');
             out.push_str(raw);
         }
         if needs_received {
-            out.push_str(&format!(";received={ip}"));
+            out.push_str(";received=");
+            out.push_str(&ip);
         }
         // The rewritten value goes after the text; the old one stays unreferenced.
         let start = self.text.len();
@@ -539,8 +536,74 @@ pub fn uri_has_ob(value: &str) -> bool {
     })
 }
 
-/// Parses a `sip:`/`sips:` URI with rsip; `None` for other schemes or malformed URIs.
-pub(crate) fn parse_sip_uri(uri: &str) -> Option<rsip::Uri> {
+/// The parts of a `sip:`/`sips:` URI the registrar uses (user, host, port, parameters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SipUri<'a> {
+    /// User part as parsed (case kept).
+    pub user: Option<Cow<'a, str>>,
+    /// Host as parsed (case kept; IPv6 as rsip prints it).
+    pub host: Cow<'a, str>,
+    /// Port.
+    pub port: Option<u16>,
+    /// URI parameters.
+    params: UriParams<'a>,
+}
+
+/// A URI's parameters: the raw `;...` text (fast path), or rsip's rendering of each, without
+/// the leading `;` and lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UriParams<'a> {
+    Raw(&'a str),
+    Parsed(Vec<String>),
+}
+
+impl SipUri<'_> {
+    /// The parameters RFC 3261 §19.1.4 makes significant for comparison, lowercased.
+    fn significant_params(&self) -> Vec<Cow<'_, str>> {
+        let significant = |p: &str| {
+            let name = p.split('=').next().unwrap_or("");
+            ["transport", "user", "ttl", "method", "maddr"]
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s))
+        };
+        fn lower(p: &str) -> Cow<'_, str> {
+            if p.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(p.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(p)
+            }
+        }
+        match &self.params {
+            UriParams::Raw(raw) => raw
+                .split(';')
+                .skip(1)
+                .filter(|p| significant(p))
+                .map(lower)
+                .collect(),
+            UriParams::Parsed(ps) => ps
+                .iter()
+                .filter(|p| significant(p))
+                .map(|p| Cow::Borrowed(p.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// Parses a `sip:`/`sips:` URI; `None` for other schemes or malformed URIs.
+///
+/// The common shape (`sip:user@host:port;params` with plain token characters, see
+/// [`scan_simple_sip_uri`]) is scanned here without allocating; anything else goes to rsip,
+/// which decides what is valid. Both give the same parts (a test checks them against each
+/// other).
+pub(crate) fn parse_sip_uri(uri: &str) -> Option<SipUri<'_>> {
+    if let Some(simple) = scan_simple_sip_uri(uri) {
+        return Some(simple);
+    }
+    parse_sip_uri_rsip(uri)
+}
+
+/// rsip's reading of a `sip:`/`sips:` URI, as [`SipUri`].
+fn parse_sip_uri_rsip(uri: &str) -> Option<SipUri<'static>> {
     let scheme = scheme_of(uri);
     if scheme != "sip" && scheme != "sips" {
         return None;
@@ -548,11 +611,91 @@ pub(crate) fn parse_sip_uri(uri: &str) -> Option<rsip::Uri> {
     // rsip does not parse URI headers (`?Route=...`); they do not affect the binding key.
     let without_headers = uri_headers_at(uri).map_or(uri, |i| &uri[..i]);
     let parsed = rsip::Uri::try_from(without_headers).ok()?;
+    let host = parsed.host().to_string();
     // rsip accepts a URI with an empty host; a registrar cannot use one.
-    if parsed.host().to_string().is_empty() {
+    if host.is_empty() {
         return None;
     }
-    Some(parsed)
+    Some(SipUri {
+        user: parsed.user().map(|u| Cow::Owned(u.to_owned())),
+        host: Cow::Owned(host),
+        port: parsed.port().map(|p| *p.value()),
+        params: UriParams::Parsed(
+            parsed
+                .params
+                .iter()
+                .map(|p| p.to_string().trim_start_matches(';').to_ascii_lowercase())
+                .collect(),
+        ),
+    })
+}
+
+/// The hot path's URI scanner: accepts only `sip:`/`sips:` (lowercase) URIs made of a user of
+/// unreserved characters without `.` (rsip reads a dotted user differently), a host of
+/// letters, digits, `.` and `-`, a port of 1-5 digits that fits u16, and `;name[=value]`
+/// parameters of token characters, where a `transport` value is one rsip knows and `method` is
+/// absent. Everything else returns `None` and is left to rsip.
+fn scan_simple_sip_uri(uri: &str) -> Option<SipUri<'_>> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))?;
+    let (user, rest) = match rest.find('@') {
+        Some(at) => {
+            let user = &rest[..at];
+            let ok = |b: u8| b.is_ascii_alphanumeric() || b"-_!~*+".contains(&b);
+            if user.is_empty() || !user.bytes().all(ok) {
+                return None;
+            }
+            (Some(Cow::Borrowed(user)), &rest[at + 1..])
+        }
+        None => (None, rest),
+    };
+    let (host_port, params) = match rest.find(';') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (host, port) = match host_port.split_once(':') {
+        Some((h, p)) => {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (h, Some(p.parse::<u16>().ok()?))
+        }
+        None => (host_port, None),
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return None;
+    }
+    for p in params.split(';').skip(1) {
+        let (name, value) = match p.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (p, None),
+        };
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._!~*+".contains(&b))
+        };
+        if !token(name) || value.is_some_and(|v| !token(v)) || name.eq_ignore_ascii_case("method") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("transport") {
+            let known = ["udp", "tcp", "tls", "sctp", "tls-sctp", "ws", "wss"];
+            if value.is_some_and(|v| !known.iter().any(|k| v.eq_ignore_ascii_case(k))) {
+                return None;
+            }
+        }
+    }
+    Some(SipUri {
+        user,
+        host: Cow::Borrowed(host),
+        port,
+        params: UriParams::Raw(params),
+    })
 }
 
 /// Where a SIP URI's `?headers` start: the first `?` after the userinfo (a `?` may appear
@@ -564,7 +707,7 @@ fn uri_headers_at(uri: &str) -> Option<usize> {
 
 /// The host of a `sip:`/`sips:` Request-URI, lowercased.
 pub(crate) fn request_uri_host(uri: &str) -> Option<String> {
-    parse_sip_uri(uri).map(|u| u.host().to_string().to_ascii_lowercase())
+    parse_sip_uri(uri).map(|u| u.host.to_ascii_lowercase())
 }
 
 fn scheme_of(uri: &str) -> String {
@@ -575,22 +718,53 @@ fn scheme_of(uri: &str) -> String {
 
 /// Canonical comparison key of a SIP URI: scheme, user (case-sensitive), host (lowercased),
 /// port and the URI parameters RFC 3261 §19.1.4 makes significant.
-pub(crate) fn uri_key(uri: &rsip::Uri, raw: &str) -> String {
-    let scheme = scheme_of(raw);
-    let user = uri.user().unwrap_or("");
-    let host = uri.host().to_string().to_ascii_lowercase();
-    let port = uri.port().map(|p| p.to_string()).unwrap_or_default();
-    let mut significant: Vec<String> = uri
-        .params
-        .iter()
-        .map(|p| p.to_string().trim_start_matches(';').to_ascii_lowercase())
-        .filter(|p| {
-            let name = p.split('=').next().unwrap_or("");
-            matches!(name, "transport" | "user" | "ttl" | "method" | "maddr")
-        })
-        .collect();
+pub(crate) fn uri_key(uri: &SipUri<'_>, raw: &str) -> String {
+    let scheme = raw.split_once(':').map_or("", |(s, _)| s);
+    let user = uri.user.as_deref().unwrap_or("");
+    let mut significant = uri.significant_params();
     significant.sort();
-    format!("{scheme}:{user}@{host}:{port};{}", significant.join(";"))
+    let params_len: usize = significant.iter().map(|p| p.len() + 1).sum();
+    let mut key =
+        String::with_capacity(scheme.len() + user.len() + uri.host.len() + params_len + 10);
+    for b in scheme.bytes() {
+        key.push(char::from(b.to_ascii_lowercase()));
+    }
+    key.push(':');
+    key.push_str(user);
+    key.push('@');
+    for c in uri.host.chars() {
+        key.push(c.to_ascii_lowercase());
+    }
+    key.push(':');
+    if let Some(p) = uri.port {
+        push_u32(&mut key, u32::from(p));
+    }
+    key.push(';');
+    for (i, p) in significant.iter().enumerate() {
+        if i > 0 {
+            key.push(';');
+        }
+        key.push_str(p);
+    }
+    key
+}
+
+/// Appends `n` in decimal without going through `core::fmt`.
+pub(crate) fn push_u32(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 /// What [`split`] cuts a message into: start line, header text, headers, body.
@@ -1249,6 +1423,53 @@ k: path, outbound\r\ni: c\r\n\r\n",
         let r = Request::parse_lenient(b"REGISTER sip:a SIP/9.9\r\nVia: x\r\n\r\n").unwrap();
         assert_eq!(r.via(), vec!["x"]);
         assert!(Request::parse_lenient(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn the_uri_fast_path_reads_uris_as_rsip_does() {
+        let uris = [
+            "sip:1010@10.10.10.1",
+            "sip:10.10.10.1",
+            "sips:alice@example.com:5061;transport=tls",
+            "sip:a8ae9f92-4b07-a0d7-d701-29320aed1e2e@10.10.10.10:62162;transport=tls",
+            "sip:alice@Example.COM:05060;Transport=TCP;lr;ob;user=phone;ttl=5;maddr=1.2.3.4",
+            "sip:u@h;transport=udp;x-y=z;expires=60;q=0.5;rinstance=abc",
+            "sip:u@h;transport=sctp;user",
+            "sip:u_x!~*+-@h-1.example",
+            "sip:010.0.0.1",
+            "sip:h:0",
+            "sip:host",
+            "sip:u@1.2.3",
+            "sip:u@h;a;b=c;d",
+        ];
+        for u in uris {
+            let fast = scan_simple_sip_uri(u).unwrap_or_else(|| panic!("not simple: {u}"));
+            let slow = parse_sip_uri_rsip(u).unwrap_or_else(|| panic!("rsip refuses {u}"));
+            assert_eq!(fast.user, slow.user, "{u}");
+            assert_eq!(fast.host, slow.host, "{u}");
+            assert_eq!(fast.port, slow.port, "{u}");
+            assert_eq!(uri_key(&fast, u), uri_key(&slow, u), "{u}");
+        }
+        // Shapes the scanner leaves to rsip (which decides whether they are valid).
+        for u in [
+            "sip:first.last@h",
+            "sip:u:pw@h",
+            "sip:u%41@h",
+            "sip:[::1]:5060",
+            "sip:u@h:99999",
+            "sip:u@h:",
+            "sip:u@h;transport=foo",
+            "sip:u@h;method=REGISTER",
+            "sip:u@h;;x",
+            "sip:u@h;x=\"q\"",
+            "SIP:u@h",
+            "sip:@h",
+            "sip:",
+            "tel:+1234",
+            "sip:u@h?Route=x",
+        ] {
+            assert!(scan_simple_sip_uri(u).is_none(), "{u}");
+        }
     }
 
     #[test]

@@ -157,14 +157,17 @@ pub fn process(
         return None;
     }
     // §8.1.1: the headers every response copies must be present and well formed.
-    if req.via().is_empty() {
+    // One pass over the Via values, no list collected.
+    let mut vias = 0usize;
+    let mut bad_via = false;
+    for v in req.all("Via") {
+        vias += 1;
+        bad_via = bad_via || crate::message::Via::parse(v).is_none();
+    }
+    if vias == 0 {
         return Some(bad_request(req, &MessageError::Missing("Via")));
     }
-    if req
-        .via()
-        .into_iter()
-        .any(|v| crate::message::Via::parse(v).is_none())
-    {
+    if bad_via {
         return Some(bad_request(req, &MessageError::Bad("Via")));
     }
     let checks = [
@@ -505,7 +508,9 @@ fn register(
     }
     if let Some(g) = granted {
         // Jabber reads the granted interval from the Expires header (spec §2.2).
-        ok = ok.header("Expires", g.to_string());
+        let mut expires = String::with_capacity(10);
+        crate::message::push_u32(&mut expires, g);
+        ok = ok.header("Expires", expires);
     }
     ok = ok.header("Date", http_date(now));
     if !path.is_empty() {
@@ -873,21 +878,28 @@ fn warning(cfg: &RegistrarConfig, text: &str) -> String {
 /// A binding as a 200 OK Contact: URI, our `expires`, then the parameters the client sent
 /// (q-value, instance, reg-id, Cisco feature tags), so it recognises its own binding.
 fn contact_value(b: &Binding, now: i64) -> String {
-    let mut v = format!(
-        "<{}>;expires={}",
-        b.contact_uri,
-        (b.expires_at - now).max(0)
-    );
+    let params: usize = b.contact_params.iter().map(|p| p.len() + 1).sum();
+    let mut v = String::with_capacity(b.contact_uri.len() + params + 24);
+    v.push('<');
+    v.push_str(&b.contact_uri);
+    v.push_str(">;expires=");
+    // Remaining seconds: clamped to 0..=u32::MAX (expiries are u32 seconds from a grant).
+    let left = u32::try_from((b.expires_at - now).max(0)).unwrap_or(u32::MAX);
+    crate::message::push_u32(&mut v, left);
     if b.contact_params.is_empty() {
         // Restored from an older format: rebuild what matters.
         if let Some(q) = &b.q {
-            v.push_str(&format!(";q={q}"));
+            v.push_str(";q=");
+            v.push_str(q);
         }
         if let Some(i) = &b.instance {
-            v.push_str(&format!(";+sip.instance=\"{}\"", quoted_param(i)));
+            v.push_str(";+sip.instance=\"");
+            v.push_str(&quoted_param(i));
+            v.push('"');
         }
         if let Some(r) = b.reg_id {
-            v.push_str(&format!(";reg-id={r}"));
+            v.push_str(";reg-id=");
+            crate::message::push_u32(&mut v, r);
         }
     }
     for p in &b.contact_params {

@@ -1,7 +1,5 @@
 //! Building SIP responses to a request (RFC 3261 §8.2.6).
 
-use std::fmt::Write as _;
-
 use crate::message::Request;
 
 /// The `Server` header value.
@@ -62,7 +60,11 @@ impl ResponseBuilder<'_> {
             .sum();
         let mut out = String::with_capacity(128 + copied + extra + SERVER.len());
         // Writing into a String cannot fail.
-        let _ = write!(out, "SIP/2.0 {} {}\r\n", self.status, self.reason);
+        out.push_str("SIP/2.0 ");
+        crate::message::push_u32(&mut out, u32::from(self.status));
+        out.push(' ');
+        out.push_str(&self.reason);
+        out.push_str("\r\n");
         for via in self.req.all("Via") {
             push(&mut out, "Via", via);
         }
@@ -80,11 +82,16 @@ impl ResponseBuilder<'_> {
             if has_tag {
                 push(&mut out, "To", to);
             } else {
-                push(
-                    &mut out,
-                    "To",
-                    &format!("{to};tag={:016x}", rand::random::<u64>()),
-                );
+                out.push_str("To: ");
+                out.push_str(to);
+                out.push_str(";tag=");
+                // 16 lowercase hex digits, as `{:016x}` would print them.
+                let tag = rand::random::<u64>();
+                for shift in (0..16).rev() {
+                    let nibble = ((tag >> (shift * 4)) & 0xf) as u8;
+                    out.push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
+                }
+                out.push_str("\r\n");
             }
         }
         if let Some(call_id) = self.req.first("Call-ID") {
