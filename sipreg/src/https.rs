@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -213,7 +212,8 @@ async fn accept_loop<F, Fut, S>(
             };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             tokio::pin!(conn);
-            // One timer per connection, moved only when the deadline changes.
+            // One timer per connection, looked at no later than every header timeout (see
+            // `ConnTrace::verdict`), so requests themselves never touch it.
             let mut wake_at = trace.epoch + limits.header_timeout;
             let sleep = tokio::time::sleep_until(wake_at.into());
             tokio::pin!(sleep);
@@ -247,8 +247,6 @@ async fn accept_loop<F, Fut, S>(
                         break Some("server shutting down".into());
                     }
                     _ = sleep.as_mut() => {}
-                    // A head started arriving: its deadline may come before the one slept on.
-                    _ = trace.head_started.notified() => {}
                 }
             };
             trace.log_end(peer, started, outcome);
@@ -339,14 +337,12 @@ struct ConnTrace {
     /// When the first byte of the next HTTP/1 request head arrived on an idle connection, or
     /// [`NOT_READING`].
     head_since: AtomicU64,
-    /// Wakes the connection's watchdog when `head_since` is set.
-    head_started: Notify,
 }
 
 /// What the watchdog does about a connection now.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
-    /// Nothing until this many milliseconds after `epoch` (or until a head starts).
+    /// Look again this many milliseconds after `epoch`.
     Wait(u64),
     /// A request head took longer than [`Limits::header_timeout`]: drop the connection.
     HeaderTimeout,
@@ -368,7 +364,6 @@ impl ConnTrace {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(if h2 { NOT_READING } else { 0 }),
-            head_started: Notify::new(),
         }
     }
 
@@ -383,34 +378,34 @@ impl ConnTrace {
             && self.head_since.load(Ordering::Relaxed) == NOT_READING
         {
             self.head_since.store(self.now_ms(), Ordering::Release);
-            self.head_started.notify_one();
         }
     }
 
     /// The watchdog's decision at `now` (milliseconds since `epoch`).
+    ///
+    /// It never waits longer than the header timeout (nor, while a request runs, the idle
+    /// timeout): a head or an idle period that starts after `now` then has its deadline after the
+    /// next look, so no request has to wake the watchdog and each deadline is kept exactly.
     fn verdict(&self, now: u64, limits: Limits) -> Verdict {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
+        let (header, idle) = (ms(limits.header_timeout), ms(limits.idle_timeout));
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // The request's end sets `idle_since` later than now, so this wakes early, not late.
-            return Verdict::Wait(now.saturating_add(ms(limits.idle_timeout)));
+            return Verdict::Wait(now.saturating_add(header.min(idle)));
         }
         let head = self.head_since.load(Ordering::Acquire);
         if head != NOT_READING {
-            let at = head.saturating_add(ms(limits.header_timeout));
+            let at = head.saturating_add(header);
             return if now >= at {
                 Verdict::HeaderTimeout
             } else {
                 Verdict::Wait(at)
             };
         }
-        let at = self
-            .idle_since
-            .load(Ordering::Acquire)
-            .saturating_add(ms(limits.idle_timeout));
+        let at = self.idle_since.load(Ordering::Acquire).saturating_add(idle);
         if now >= at {
             Verdict::Idle
         } else {
-            Verdict::Wait(at)
+            Verdict::Wait(at.min(now.saturating_add(header)))
         }
     }
 
@@ -534,10 +529,10 @@ mod tests {
     #[test]
     fn a_new_http2_connection_starts_idle() {
         let t = ConnTrace::new(true);
-        assert_eq!(t.verdict(0, LIMITS), Verdict::Wait(75_000));
+        assert_eq!(t.verdict(0, LIMITS), Verdict::Wait(30_000));
         // Frames of an idle HTTP/2 connection (PING, SETTINGS) start no header timeout.
         t.on_bytes();
-        assert_eq!(t.verdict(40_000, LIMITS), Verdict::Wait(75_000));
+        assert_eq!(t.verdict(50_000, LIMITS), Verdict::Wait(75_000));
         assert_eq!(t.verdict(75_000, LIMITS), Verdict::Idle);
     }
 
@@ -546,12 +541,16 @@ mod tests {
         let t = Arc::new(ConnTrace::new(false));
         let busy = Busy::start(&t, hyper::Version::HTTP_11);
         // Long after both limits: still only a later look.
-        assert_eq!(t.verdict(500_000, LIMITS), Verdict::Wait(575_000));
+        assert_eq!(t.verdict(500_000, LIMITS), Verdict::Wait(530_000));
         t.on_bytes(); // body bytes are no head
         assert_eq!(t.head_since.load(Ordering::Relaxed), NOT_READING);
         drop(busy);
         let done = t.idle_since.load(Ordering::Relaxed);
-        assert_eq!(t.verdict(done, LIMITS), Verdict::Wait(done + 75_000));
+        assert_eq!(t.verdict(done, LIMITS), Verdict::Wait(done + 30_000));
+        assert_eq!(
+            t.verdict(done + 50_000, LIMITS),
+            Verdict::Wait(done + 75_000)
+        );
         assert_eq!(t.verdict(done + 75_000, LIMITS), Verdict::Idle);
     }
 
