@@ -46,3 +46,4 @@ pub use observe::{ChallengeDialect, ObservedSnapshot, SipListener, TlsFailure};
 pub use persist::PersistError;
 pub use register::{process, Authenticators, ConnectionFacts, PortKind, Response};
 pub use registrar::{Answer, Registrar};
+pub use slot::{bind_listener, LISTEN_BACKLOG};

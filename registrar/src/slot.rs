@@ -27,7 +27,7 @@ pub(crate) trait BindSocket: Sized + Send + 'static {
 /// Pending connections the kernel queues before `accept` (the kernel caps it at
 /// `net.core.somaxconn`). tokio's `TcpListener::bind` uses 128 (mio, like std), which a
 /// registration storm overflows: every SYN dropped then costs its device a 1 s retransmission.
-pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 impl BindSocket for TcpListener {
     fn bind_to(addr: SocketAddr) -> impl Future<Output = io::Result<Self>> + Send {
@@ -40,7 +40,7 @@ impl BindSocket for TcpListener {
 
 /// Binds a TCP listener like `TcpListener::bind` (with `SO_REUSEADDR` on Unix, so a restart
 /// does not wait out TIME_WAIT), but with `backlog` pending connections.
-pub(crate) fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

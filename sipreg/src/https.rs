@@ -19,7 +19,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +30,10 @@ const MAX_CONNECTIONS: usize = 1024;
 /// Largest request body read ahead of routing: axum's own default limit for extractors, so no
 /// body an endpoint would have accepted is refused here.
 const MAX_BODY: usize = 2 * 1024 * 1024;
-/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`), as on
-/// the SIP listeners (registrar `slot.rs`): `TcpListener::bind` listens with 128, which a burst of
-/// devices fetching their config or tokens after an outage overflows, and every dropped SYN
-/// costs its client a 1 s retransmission.
-pub const LISTEN_BACKLOG: u32 = 4096;
+/// Pending connections the kernel queues before `accept`: the SIP listeners' value, since a
+/// burst of devices fetching their config or tokens after an outage overflows the 128 that
+/// `TcpListener::bind` listens with, and every dropped SYN costs its client a 1 s retransmission.
+pub use sipreg_registrar::LISTEN_BACKLOG;
 /// HTTP/2 PING interval on a connection that has received nothing for this long; a peer that
 /// vanished mid-request (no FIN) is found by the missing ACK.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -63,17 +62,9 @@ impl Default for Limits {
 }
 
 /// Binds a TCP listener like `TcpListener::bind` (`SO_REUSEADDR` on Unix, so a restart does not
-/// wait out TIME_WAIT), but with a backlog of [`LISTEN_BACKLOG`].
+/// wait out TIME_WAIT), but with a backlog of [`LISTEN_BACKLOG`], as the SIP listeners are.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    sipreg_registrar::bind_listener(addr, LISTEN_BACKLOG)
 }
 
 /// Accepts TLS connections on `listener` and serves `app` until `cancel` fires.
@@ -383,14 +374,15 @@ impl ConnTrace {
 
     /// The watchdog's decision at `now` (milliseconds since `epoch`).
     ///
-    /// It never waits longer than the header timeout (nor, while a request runs, the idle
-    /// timeout): a head or an idle period that starts after `now` then has its deadline after the
-    /// next look, so no request has to wake the watchdog and each deadline is kept exactly.
+    /// It never waits longer than the shorter of the two timeouts: a head or an idle period that
+    /// starts after `now` then has its deadline after the next look, so no request has to wake
+    /// the watchdog and each deadline is kept exactly.
     fn verdict(&self, now: u64, limits: Limits) -> Verdict {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
         let (header, idle) = (ms(limits.header_timeout), ms(limits.idle_timeout));
+        let next_look = now.saturating_add(header.min(idle));
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Verdict::Wait(now.saturating_add(header.min(idle)));
+            return Verdict::Wait(next_look);
         }
         let head = self.head_since.load(Ordering::Acquire);
         if head != NOT_READING {
@@ -398,14 +390,14 @@ impl ConnTrace {
             return if now >= at {
                 Verdict::HeaderTimeout
             } else {
-                Verdict::Wait(at)
+                Verdict::Wait(at.min(next_look))
             };
         }
         let at = self.idle_since.load(Ordering::Acquire).saturating_add(idle);
         if now >= at {
             Verdict::Idle
         } else {
-            Verdict::Wait(at.min(now.saturating_add(header)))
+            Verdict::Wait(at.min(next_look))
         }
     }
 
@@ -566,6 +558,20 @@ mod tests {
         // The head completed: the request runs, nothing is timed out.
         let _busy = Busy::start(&t, hyper::Version::HTTP_11);
         assert!(matches!(t.verdict(head + 30_000, LIMITS), Verdict::Wait(_)));
+    }
+
+    #[test]
+    fn an_idle_timeout_shorter_than_the_header_timeout_is_kept_after_a_request() {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(3),
+        };
+        let t = Arc::new(ConnTrace::new(false));
+        // The look taken when the connection opened comes back before any idle period can end.
+        assert_eq!(t.verdict(0, limits), Verdict::Wait(3_000));
+        drop(Busy::start(&t, hyper::Version::HTTP_11));
+        let done = t.idle_since.load(Ordering::Relaxed);
+        assert_eq!(t.verdict(done + 3_000, limits), Verdict::Idle);
     }
 
     #[test]
