@@ -247,7 +247,7 @@ impl Live {
                 _ = cancel.cancelled() => return,
                 c = rx.recv() => c,
             };
-            let keys_changed = match change {
+            let mut keys_changed = match change {
                 // Reload: another node's change may have been missed (safety net, reconnect).
                 Ok(Change::SigningKeys | Change::Reload) => true,
                 Ok(_) => false,
@@ -255,6 +255,20 @@ impl Live {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
+            // Every change already queued is covered by the one full reload below: applying
+            // them one by one made bulk provisioning quadratic (782 device creations queued 782
+            // whole-directory reloads, still running minutes later and halving the token
+            // endpoint's rate meanwhile).
+            loop {
+                use tokio::sync::broadcast::error::TryRecvError;
+                match rx.try_recv() {
+                    Ok(Change::SigningKeys | Change::Reload) | Err(TryRecvError::Lagged(_)) => {
+                        keys_changed = true
+                    }
+                    Ok(_) => {}
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
             if keys_changed {
                 if let Err(e) = self.keys.reload(self.store.as_ref()).await {
                     tracing::error!(error = %e, "reloading signing keys failed");
