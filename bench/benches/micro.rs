@@ -426,6 +426,92 @@ fn config_render(c: &mut Criterion) {
     g.finish();
 }
 
+/// Directory lookups on the registrar's hot path, with 10,000 devices of 2,000 users loaded:
+/// each iteration looks up 1,000 different names (a device by mixed-case name, a user's devices,
+/// whether a user exists, a user's revocation time).
+fn directory_lookups(c: &mut Criterion) {
+    const USERS: usize = 2_000;
+    const PER_USER: usize = 5;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_dir, directory) = rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("sipreg.db")).unwrap();
+        for u in 0..USERS {
+            let id = format!("user{u}");
+            store
+                .create_user(&User {
+                    id: id.clone(),
+                    password_hash: String::new(),
+                    created_at: NOW,
+                })
+                .await
+                .unwrap();
+            for d in 0..PER_USER {
+                store
+                    .create_device(&Device {
+                        name: format!("CSFuser{u}d{d}"),
+                        owner: id.clone(),
+                        lines: vec![Line {
+                            dn: (200_000 + u * PER_USER + d).to_string(),
+                            display_name: None,
+                        }],
+                        oauth: true,
+                        updated_at: NOW,
+                        model: String::new(),
+                        profile: String::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            if u % 10 == 0 {
+                store.set_tokens_not_before(&id, NOW).await.unwrap();
+            }
+        }
+        let directory = Directory::load(&store).await.unwrap();
+        (dir, directory)
+    });
+    let snap = directory.snapshot();
+    // Spread over the directory, so the lookups are not all served from one cache line.
+    let users: Vec<String> = (0..1_000).map(|i| format!("user{}", (i * 7) % USERS)).collect();
+    let devices: Vec<String> = (0..1_000)
+        .map(|i| format!("CSFuser{}d{}", (i * 7) % USERS, i % PER_USER))
+        .collect();
+    let mut g = c.benchmark_group("directory_10k_devices");
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("device", |b| {
+        b.iter(|| {
+            for n in &devices {
+                black_box(snap.device(n));
+            }
+        })
+    });
+    g.bench_function("devices_of", |b| {
+        b.iter(|| {
+            for u in &users {
+                black_box(snap.devices_of(u));
+            }
+        })
+    });
+    g.bench_function("user_exists", |b| {
+        b.iter(|| {
+            for u in &users {
+                black_box(snap.user_exists(u));
+            }
+        })
+    });
+    g.bench_function("tokens_not_before", |b| {
+        b.iter(|| {
+            for u in &users {
+                black_box(snap.tokens_not_before(u));
+            }
+        })
+    });
+    g.finish();
+}
+
 /// The store half of a refresh grant on SQLite (`use_refresh_token`, then
 /// `insert_refresh_token` of its successor) with 20,000 tokens already stored, as after a
 /// provisioning run: the cost that grows with the table; then the same rotation in one
@@ -540,6 +626,7 @@ criterion_group!(
     parsing,
     register_core,
     config_render,
-    refresh_store
+    refresh_store,
+    directory_lookups
 );
 criterion_main!(benches, token_benches);

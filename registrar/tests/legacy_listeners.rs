@@ -11,9 +11,11 @@ use sipreg_registrar::{
     Algorithm, BearerError, BearerValidator, FlowState, LegacyAddrs, LegacyListeners, Registrar,
     RegistrarConfig, TokenIdentity, Transport,
 };
-use sipreg_store::{Device, DigestCredential, Directory, Line, SqliteStore, Store, User};
+use sipreg_store::{DigestCredential, Directory, SqliteStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+mod common;
 
 struct NoTokens;
 impl BearerValidator for NoTokens {
@@ -27,29 +29,7 @@ impl BearerValidator for NoTokens {
 async fn registrar(cfg: RegistrarConfig) -> (Arc<Registrar>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&tmp.path().join("db.sqlite")).unwrap();
-    store
-        .create_user(&User {
-            id: "bob".into(),
-            password_hash: String::new(),
-            created_at: 0,
-        })
-        .await
-        .unwrap();
-    store
-        .create_device(&Device {
-            name: "SEPbob".into(),
-            owner: "bob".into(),
-            lines: vec![Line {
-                dn: "3030".into(),
-                display_name: None,
-            }],
-            oauth: false,
-            updated_at: 0,
-            model: String::new(),
-            profile: String::new(),
-        })
-        .await
-        .unwrap();
+    common::seed_device(&store, "bob", "SEPbob", "3030", false).await;
     let cred = DigestCredential {
         username: "3030".into(),
         realm: "ccmsipline".into(),

@@ -12,7 +12,7 @@ use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sipreg_store::{Device, Line, Store, User};
+use sipreg_store::{Change, Device, Line, Store, User};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -237,7 +237,7 @@ async fn create_user(
         created_at: crate::now(),
     };
     s.store.create_user(&user).await?;
-    s.live.apply().await?;
+    s.live.apply_change(Change::User(user.id.clone())).await?;
     let view = UserView::from(user);
     audit(
         &s,
@@ -324,7 +324,7 @@ async fn delete_user(
         check_if_match(&headers, b)?;
     }
     s.store.delete_user(&id).await?;
-    s.live.apply().await?;
+    s.live.apply_change(Change::User(id.clone())).await?;
     audit(
         &s,
         &actor,
@@ -397,7 +397,9 @@ async fn create_device(
         profile,
     };
     s.store.create_device(&device).await?;
-    s.live.apply().await?;
+    s.live
+        .apply_change(Change::Device(device.name.clone()))
+        .await?;
     // The stored device: defaults filled in, `oauth` from its profile.
     let device = s.store.device(&device.name).await?.unwrap_or(device);
     audit(
@@ -495,7 +497,9 @@ async fn patch_device(
     }
     after.updated_at = crate::now();
     s.store.update_device(&after).await?;
-    s.live.apply().await?;
+    s.live
+        .apply_change(Change::Device(after.name.clone()))
+        .await?;
     let after = s.store.device(&after.name).await?.unwrap_or(after);
     audit(
         &s,
@@ -540,7 +544,7 @@ async fn delete_device(
         check_if_match(&headers, b)?;
     }
     s.store.delete_device(&name).await?;
-    s.live.apply().await?;
+    s.live.apply_change(Change::Device(name.clone())).await?;
     audit(
         &s,
         &actor,

@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sipreg_registrar::digest::{ha1, Algorithm};
-use sipreg_store::DigestCredential;
+use sipreg_store::{Change, DigestCredential};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -64,7 +64,7 @@ async fn set_digest(
         realm,
     };
     s.store.set_digest_credential(&name, Some(&cred)).await?;
-    s.live.apply().await?;
+    s.live.apply_change(Change::Digest(name.clone())).await?;
     audit(
         &s,
         &actor,
@@ -85,7 +85,7 @@ async fn clear_digest(
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
     s.store.set_digest_credential(&name, None).await?;
-    s.live.apply().await?;
+    s.live.apply_change(Change::Digest(name.clone())).await?;
     audit(
         &s,
         &actor,

@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sipreg_store::TrustedIssuer;
+use sipreg_store::{Change, TrustedIssuer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -112,7 +112,9 @@ async fn create_issuer(
     };
     check(&s, &issuer)?;
     s.store.create_issuer(&issuer).await?;
-    s.live.apply().await?;
+    s.live
+        .apply_change(Change::Issuer(issuer.issuer.clone()))
+        .await?;
     audit(
         &s,
         &actor,
@@ -176,7 +178,9 @@ async fn put_issuer(
     after.updated_at = crate::now();
     check(&s, &after)?;
     s.store.update_issuer(&after).await?;
-    s.live.apply().await?;
+    s.live
+        .apply_change(Change::Issuer(after.issuer.clone()))
+        .await?;
     audit(
         &s,
         &actor,
@@ -200,7 +204,9 @@ async fn delete_issuer(
     let before = find(&s, &issuer).await?;
     check_if_match(&headers, &before)?;
     s.store.delete_issuer(&before.issuer).await?;
-    s.live.apply().await?;
+    s.live
+        .apply_change(Change::Issuer(before.issuer.clone()))
+        .await?;
     audit(
         &s,
         &actor,

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
-use sipreg_store::Device;
+use sipreg_store::{Change, Device};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -204,10 +204,12 @@ async fn patch_line(
     }
     let before = line(&s, &dn).await?;
     check_if_match(&headers, &before)?;
-    s.store
+    let changed = s
+        .store
         .set_line_display_name(&dn, display_name.as_deref(), crate::now())
         .await?;
-    s.live.apply().await?;
+    let changed: Vec<Change> = changed.into_iter().map(Change::Device).collect();
+    s.live.apply_changes(&changed).await?;
     let after = line(&s, &dn).await?;
     audit(
         &s,

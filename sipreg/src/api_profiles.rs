@@ -11,7 +11,8 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sipreg_store::{
-    Device, ProfileTransport, SecurityProfile, StoreError, DEFAULT_OAUTH_PROFILE, DEFAULT_PROFILE,
+    Change, Device, ProfileTransport, SecurityProfile, StoreError, DEFAULT_OAUTH_PROFILE,
+    DEFAULT_PROFILE,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -160,7 +161,7 @@ async fn create_profile(
         transport: body.transport,
     };
     s.store.create_profile(&p).await?;
-    s.live.apply().await?;
+    s.live.apply_change(Change::Profile(p.name.clone())).await?;
     audit(
         &s,
         &actor,
@@ -223,7 +224,9 @@ async fn patch_profile(
     after.digest = body.digest.unwrap_or(after.digest);
     after.transport = body.transport.unwrap_or(after.transport);
     s.store.update_profile(&after).await?;
-    s.live.apply().await?;
+    s.live
+        .apply_change(Change::Profile(after.name.clone()))
+        .await?;
     tracing::info!(profile = %after.name, oauth = after.oauth, digest = after.digest, transport = after.transport.as_str(), actor = %actor.name, "security profile changed");
     audit(
         &s,
@@ -259,7 +262,7 @@ async fn delete_profile(
         }
         Err(e) => return Err(e.into()),
     }
-    s.live.apply().await?;
+    s.live.apply_change(Change::Profile(name.clone())).await?;
     audit(
         &s,
         &actor,

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sipreg_store::{OAuthClient, Store};
+use sipreg_store::{Change, OAuthClient, Store};
 use sipreg_tokensvc::{key_states, KeyInfo, TokenService, DEFAULT_CLIENT_ID};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
@@ -203,7 +203,7 @@ struct RevokeQuery {
 }
 
 /// Revokes the user's refresh tokens (of one client, or all) and makes every access token of the
-/// user issued until now fail at the registrar, once the directory reload below has run.
+/// user issued until now fail at the registrar, once the directory update below has run.
 #[utoipa::path(post, path = "/api/v1/users/{id}/revoke-tokens", tag = "oauth", params(("id" = String, Path, description = "User id"), RevokeQuery), responses((status = 200, description = "Refresh tokens revoked; access tokens refused from now on", body = Object)))]
 async fn revoke_user_tokens(
     State(s): State<ApiState>,
@@ -230,8 +230,10 @@ async fn revoke_user_tokens(
         }
         None => s.store.set_tokens_not_before(&user, not_before).await?,
     }
-    // Reload before answering, so the registrar refuses the tokens when the admin sees 200.
-    s.live.apply().await?;
+    // Applied before answering, so the registrar refuses the tokens when the admin sees 200.
+    s.live
+        .apply_change(Change::Revocation(user.clone()))
+        .await?;
     // Like `DELETE /api/v1/registrations?user=`: the bindings go now, not at their expiry.
     let dropped = if q.drop_registrations.unwrap_or(false) {
         s.status

@@ -68,7 +68,8 @@ pub struct Config {
     pub http: HttpSection,
 }
 
-/// `[http]`: how long an HTTP(S) connection may take to send a request head, and stay idle.
+/// `[http]`: how long an HTTP(S) connection may take to send a request head and body, and stay
+/// idle.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
@@ -77,6 +78,8 @@ pub struct HttpSection {
     pub header_timeout_secs: u64,
     /// A keep-alive connection with no request in progress is closed after this long, seconds.
     pub idle_timeout_secs: u64,
+    /// A request body must be complete this long after its head, seconds, else 408 (slow POST).
+    pub body_timeout_secs: u64,
 }
 
 impl Default for HttpSection {
@@ -85,6 +88,7 @@ impl Default for HttpSection {
         HttpSection {
             header_timeout_secs: d.header_timeout.as_secs(),
             idle_timeout_secs: d.idle_timeout.as_secs(),
+            body_timeout_secs: d.body_timeout.as_secs(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl HttpSection {
         crate::https::Limits {
             header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
         }
     }
 }
@@ -490,6 +495,13 @@ impl Config {
                 rule: "1–86400",
             });
         }
+        if !(1..=3600).contains(&h.body_timeout_secs) {
+            return Err(ConfigError::Range {
+                key: "http.body_timeout_secs",
+                value: h.body_timeout_secs.to_string(),
+                rule: "1–3600",
+            });
+        }
         if r.digest_realm.is_empty() || r.digest_realm.contains('"') || r.digest_realm.len() > 128 {
             return Err(ConfigError::Range {
                 key: "registrar.digest_realm",
@@ -557,6 +569,13 @@ mod tests {
             .to_string();
         assert!(
             e.contains("http.idle_timeout_secs") && e.contains("1–86400"),
+            "{e}"
+        );
+        let e = Config::from_toml("[http]\nbody_timeout_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http.body_timeout_secs") && e.contains("1–3600"),
             "{e}"
         );
     }

@@ -1,7 +1,7 @@
 //! Serving an axum router over TLS (with a server config that can be swapped live) or plain
 //! HTTP, with the limits every HTTP listener of sipreg shares: a listen backlog for bursts, a cap
-//! on connections, a header-read timeout (slowloris), an idle timeout for keep-alive connections
-//! and HTTP/2 keep-alive pings.
+//! on connections, a header-read timeout (slowloris), a whole-body deadline (slow POST), an idle
+//! timeout for keep-alive connections and HTTP/2 keep-alive pings.
 //!
 //! Each connection's life is logged at `debug` (`sipreg::https=debug`: how it ended, by whom,
 //! after how many requests) and `trace` (accept, handshake, each request's framing headers).
@@ -48,15 +48,20 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in progress is shut down gracefully after this.
     pub idle_timeout: Duration,
+    /// A request body must be complete this long after its head was read, or the request gets
+    /// 408 and the connection is closed (a body trickled in holds a connection slot).
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
     /// 30 s for a head (hyper's and Go's usual value); 75 s idle like nginx, longer than the
-    /// common client pool timeouts (60 s), so a client rarely sends on a connection being closed.
+    /// common client pool timeouts (60 s), so a client rarely sends on a connection being closed;
+    /// 60 s for a body (nginx's `client_body_timeout` between reads), ample for 2 MiB on any link.
     fn default() -> Self {
         Limits {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -130,7 +135,13 @@ async fn accept_loop<F, Fut, S>(
     Fut: Future<Output = Option<(S, bool)>> + Send + 'static,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let app = app.layer(axum::middleware::from_fn(read_body_first));
+    // Two views of one router: a request whose body is known to be empty (a GET or HEAD without
+    // one, the config files' whole traffic) has nothing to leave unread, so it skips the body-first
+    // step and its per-request cost (a boxed middleware future, a rebuilt request).
+    let body_first = app.clone().layer(axum::middleware::from_fn_with_state(
+        limits.body_timeout,
+        read_body_first,
+    ));
     let mut tasks = JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -162,7 +173,7 @@ async fn accept_loop<F, Fut, S>(
         // Reap finished connections so the set stays bounded.
         while tasks.try_join_next().is_some() {}
         let opening = open(tcp, peer);
-        let app = app.clone();
+        let (app, body_first) = (app.clone(), body_first.clone());
         let cancel = cancel.clone();
         let builder = builder.clone();
         tasks.spawn(async move {
@@ -189,7 +200,12 @@ async fn accept_loop<F, Fut, S>(
                     // The peer address, for per-address brute-force backoff in the token service.
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    let answer = tower::ServiceExt::oneshot(app.clone(), req);
+                    let app = if hyper::body::Body::is_end_stream(req.body()) {
+                        app.clone()
+                    } else {
+                        body_first.clone()
+                    };
+                    let answer = tower::ServiceExt::oneshot(app, req);
                     async move {
                         let r = answer.await;
                         drop(busy);
@@ -256,8 +272,10 @@ async fn accept_loop<F, Fut, S>(
 /// head and the body in two TLS records) hyper closes the connection after the answer without
 /// `Connection: close`. The client has already pooled it, its next request races the close, and
 /// it fails with "EOF occurred in violation of protocol" or "remote end closed connection".
-/// A body over [`MAX_BODY`] is refused with 413 and `Connection: close`, so the client knows.
+/// A body over [`MAX_BODY`] is refused with 413 and `Connection: close`, so the client knows; one
+/// not complete within `deadline` ([`Limits::body_timeout`]) gets 408, likewise.
 async fn read_body_first(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -268,30 +286,55 @@ async fn read_body_first(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // An announced oversize body is refused before a byte of it is read (nor 100 Continue sent).
     if announced.is_some_and(|n| n > MAX_BODY as u64) {
-        return body_not_read(parts.version);
+        return body_not_read(parts.version, too_large());
     }
-    match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(bytes) => {
+    match tokio::time::timeout(Duration::from_secs(86_400 * 365), axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
             let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
             next.run(req).await
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             // Over the limit, or the peer stopped sending mid-body.
             tracing::debug!(error = %e, path = parts.uri.path(), "https request body not read");
-            body_not_read(parts.version)
+            body_not_read(parts.version, too_large())
+        }
+        Err(_) => {
+            tracing::debug!(
+                path = parts.uri.path(),
+                secs = deadline.as_secs(),
+                "https request body not complete in time"
+            );
+            let problem = crate::problem::Problem {
+                kind: "urn:sipreg:problem:body-timeout",
+                title: "Request body not complete in time",
+                status: 408,
+                detail: format!(
+                    "a request body must arrive within {} s of its head",
+                    deadline.as_secs()
+                ),
+                field: None,
+            };
+            body_not_read(parts.version, problem)
         }
     }
 }
 
-/// 413 for a body left unread: `Connection: close` tells the client this connection is done.
-fn body_not_read(version: hyper::Version) -> axum::response::Response {
-    let problem = crate::problem::Problem {
+/// 413: the body is over [`MAX_BODY`].
+fn too_large() -> crate::problem::Problem {
+    crate::problem::Problem {
         kind: "urn:sipreg:problem:body-too-large",
         title: "Request body too large",
         status: 413,
         detail: format!("a request body is at most {MAX_BODY} bytes"),
         field: None,
-    };
+    }
+}
+
+/// `problem` for a body left unread: `Connection: close` tells the client this connection is done.
+fn body_not_read(
+    version: hyper::Version,
+    problem: crate::problem::Problem,
+) -> axum::response::Response {
     let mut res = axum::response::IntoResponse::into_response(problem);
     // HTTP/2 has no Connection header and needs none: hyper resets just that stream.
     if version < hyper::Version::HTTP_2 {
@@ -509,6 +552,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         header_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(75),
+        body_timeout: Duration::from_secs(60),
     };
 
     #[test]
@@ -565,6 +609,7 @@ mod tests {
         let limits = Limits {
             header_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(3),
+            body_timeout: Duration::from_secs(60),
         };
         let t = Arc::new(ConnTrace::new(false));
         // The look taken when the connection opened comes back before any idle period can end.

@@ -1,6 +1,7 @@
-//! Applying changes live: every write through the API (or, later, another node) ends in [`Live::apply`],
-//! which rebuilds the directory snapshot and opens, moves or closes listeners to match — no restart.
-
+//! Applying changes live: every write through the API (or, later, another node) ends in
+//! [`Live::apply_change`], which applies the change to the directory snapshot (reading only what it
+//! names), or in [`Live::apply`], which rebuilds it whole, and opens, moves or closes listeners to
+//! match — no restart.
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -222,10 +223,34 @@ impl Live {
         self.oauth_listener.local_addr()
     }
 
-    /// Reloads the directory and opens, moves or closes the SIP OAuth port to match the store.
+    /// Reloads the whole directory and opens, moves or closes the SIP OAuth port to match the
+    /// store (start-up, listener changes, and anything not applied incrementally).
     pub async fn apply(&self) -> Result<(), Problem> {
         let _one = self.serial.lock().await;
         self.directory.reload(self.store.as_ref()).await?;
+        self.apply_listeners().await
+    }
+
+    /// Applies one change the caller just made to the store, reading only what it names, so
+    /// the caller's response already sees its own write.
+    pub async fn apply_change(&self, change: Change) -> Result<(), Problem> {
+        self.apply_changes(std::slice::from_ref(&change)).await
+    }
+
+    /// Applies `changes` to the directory incrementally with one new snapshot (a
+    /// [`Change::Reload`] among them reloads everything); changes a listener follows (cluster,
+    /// node, edge, trust) also bring the listeners in line, as [`Live::apply`] does.
+    pub async fn apply_changes(&self, changes: &[Change]) -> Result<(), Problem> {
+        let _one = self.serial.lock().await;
+        self.directory.apply(self.store.as_ref(), changes).await?;
+        if changes.iter().any(moves_listeners) {
+            self.apply_listeners().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens, moves or closes the SIP OAuth, MRA and legacy listeners per the current snapshot.
+    async fn apply_listeners(&self) -> Result<(), Problem> {
         let want = self.wanted_oauth_addr();
         if let Err(e) = self.oauth_listener.set(want).await {
             let addr = want.map(|a| a.to_string()).unwrap_or_default();
@@ -243,40 +268,101 @@ impl Live {
     pub async fn follow(self: Arc<Self>, cancel: CancellationToken) {
         let mut rx = self.store.subscribe();
         loop {
-            let change = tokio::select! {
+            let first = tokio::select! {
                 _ = cancel.cancelled() => return,
                 c = rx.recv() => c,
             };
-            let mut keys_changed = match change {
-                // Reload: another node's change may have been missed (safety net, reconnect).
-                Ok(Change::SigningKeys | Change::Reload) => true,
-                Ok(_) => false,
+            let batch = match first {
+                Ok(change) => Batch::drain(&mut rx, change),
                 // Missed notifications: reload everything.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Batch::full(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            // Every change already queued is covered by the one full reload below: applying
-            // them one by one made bulk provisioning quadratic (782 device creations queued 782
-            // whole-directory reloads, still running minutes later and halving the token
-            // endpoint's rate meanwhile).
-            loop {
-                use tokio::sync::broadcast::error::TryRecvError;
-                match rx.try_recv() {
-                    Ok(Change::SigningKeys | Change::Reload) | Err(TryRecvError::Lagged(_)) => {
-                        keys_changed = true
-                    }
-                    Ok(_) => {}
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                }
-            }
-            if keys_changed {
+            if batch.keys {
                 if let Err(e) = self.keys.reload(self.store.as_ref()).await {
                     tracing::error!(error = %e, "reloading signing keys failed");
                 }
             }
-            if let Err(e) = self.apply().await {
+            let applied = if batch.full {
+                self.apply().await
+            } else {
+                self.apply_changes(&batch.changes).await
+            };
+            if let Err(e) = applied {
                 tracing::error!(detail = %e.detail, "applying a change failed");
             }
+        }
+    }
+}
+
+/// Whether the listeners follow `change` (OAuth mode, ports, edges, trust), not only the
+/// directory.
+fn moves_listeners(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::Cluster | Change::Node(_) | Change::Edge(_) | Change::Trust | Change::Reload
+    )
+}
+
+/// The most changes [`Live::follow`] applies with one snapshot; more queued wait for the next.
+const MAX_BATCH: usize = 1024;
+
+/// The store changes queued at one moment, applied together: one snapshot for all of them
+/// (applying them one by one made bulk provisioning quadratic while every apply reloaded the
+/// whole directory).
+#[derive(Debug, Default)]
+struct Batch {
+    /// The changes in order, without repeats in a row.
+    changes: Vec<Change>,
+    /// Reload everything: a [`Change::Reload`] or missed notifications.
+    full: bool,
+    /// Reload the signing keys.
+    keys: bool,
+}
+
+impl Batch {
+    fn full() -> Self {
+        Batch {
+            changes: Vec::new(),
+            full: true,
+            keys: true,
+        }
+    }
+
+    /// `first` and every change already queued behind it (up to [`MAX_BATCH`]; a full reload
+    /// covers any number).
+    fn drain(rx: &mut tokio::sync::broadcast::Receiver<Change>, first: Change) -> Self {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut batch = Batch::default();
+        batch.add(first);
+        while batch.full || batch.changes.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(change) => batch.add(change),
+                Err(TryRecvError::Lagged(_)) => {
+                    batch.full = true;
+                    batch.keys = true;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        batch
+    }
+
+    fn add(&mut self, change: Change) {
+        match change {
+            // Reload: another node's change may have been missed (safety net, reconnect).
+            Change::Reload => {
+                self.full = true;
+                self.keys = true;
+            }
+            Change::SigningKeys => self.keys = true,
+            _ => {}
+        }
+        if self.full {
+            // The reload covers everything: keep no list.
+            self.changes.clear();
+        } else if self.changes.last() != Some(&change) {
+            self.changes.push(change);
         }
     }
 }
@@ -365,7 +451,90 @@ pub fn legacy_start_ports(
 
 #[cfg(test)]
 mod tests {
-    use super::legacy_start_ports;
+    use super::{legacy_start_ports, Batch};
+    use sipreg_store::{Change, Device, Directory, Line, SqliteStore, Store, User};
+
+    #[tokio::test]
+    async fn queued_changes_are_applied_together_without_a_full_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        let directory = Directory::load(&store).await.unwrap();
+        let before = directory.stats();
+        let generation = directory.snapshot().generation;
+        let mut rx = store.subscribe();
+        let user = User {
+            id: "bulk".into(),
+            password_hash: String::new(),
+            created_at: 0,
+        };
+        store.create_user(&user).await.unwrap();
+        for i in 0..40 {
+            let device = Device {
+                name: format!("CSFbulk{i}"),
+                owner: "bulk".into(),
+                lines: vec![Line {
+                    dn: format!("{}", 5000 + i),
+                    display_name: None,
+                }],
+                oauth: true,
+                updated_at: 0,
+                model: String::new(),
+                profile: String::new(),
+            };
+            store.create_device(&device).await.unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        let batch = Batch::drain(&mut rx, first);
+        assert!(!batch.full && !batch.keys);
+        assert_eq!(
+            batch.changes.len(),
+            41,
+            "the user and 40 devices, in one batch"
+        );
+        directory.apply(&store, &batch.changes).await.unwrap();
+
+        let after = directory.stats();
+        assert_eq!(after.reloads, before.reloads, "no full reload");
+        assert_eq!(after.applies, before.applies + 1, "one apply for the batch");
+        assert_eq!(after.changes, before.changes + 41);
+        let snap = directory.snapshot();
+        assert_eq!(snap.generation, generation + 1, "one new snapshot");
+        assert_eq!(snap.devices_of("bulk").len(), 40);
+        assert!(snap.device("csfbulk39").is_some_and(|d| d.has_line("5039")));
+    }
+
+    #[test]
+    fn a_reload_or_missed_changes_make_the_batch_a_full_reload() {
+        let (tx, mut rx) = tokio::sync::broadcast::channel(8);
+        tx.send(Change::Device("a".into())).unwrap();
+        tx.send(Change::Reload).unwrap();
+        tx.send(Change::Device("b".into())).unwrap();
+        let first = rx.try_recv().unwrap();
+        let batch = Batch::drain(&mut rx, first);
+        assert!(batch.full && batch.keys && batch.changes.is_empty());
+
+        // More queued than the channel holds: the receiver lagged.
+        tx.send(Change::Device("c".into())).unwrap();
+        let first = rx.try_recv().unwrap();
+        for i in 0..20 {
+            tx.send(Change::Device(format!("d{i}"))).unwrap();
+        }
+        let batch = Batch::drain(&mut rx, first);
+        assert!(batch.full && batch.keys);
+
+        // Signing keys alone: keys reload, the directory applies incrementally.
+        tx.send(Change::SigningKeys).unwrap();
+        tx.send(Change::User("u".into())).unwrap();
+        tx.send(Change::User("u".into())).unwrap();
+        let first = rx.try_recv().unwrap();
+        let batch = Batch::drain(&mut rx, first);
+        assert!(!batch.full && batch.keys);
+        assert_eq!(
+            batch.changes,
+            vec![Change::SigningKeys, Change::User("u".into())],
+            "repeats in a row are applied once"
+        );
+    }
 
     #[test]
     fn the_config_seeds_then_the_api_wins_until_the_config_changes() {

@@ -66,12 +66,20 @@ pub fn add_problem_responses(doc: &mut utoipa::openapi::OpenApi) {
         .into_iter()
         .flatten()
         {
-            // Bodies are read before routing (`https.rs`); an oversize one is refused there.
-            let too_large = op.request_body.is_some().then_some((
-                "413",
-                "The request body is over 2 MiB; the connection is closed",
-            ));
-            for (code, text) in cases.into_iter().chain(too_large) {
+            // Bodies are read before routing (`https.rs`); an oversize or a slow one is refused
+            // there.
+            let body_refused: &[(&str, &str)] = if op.request_body.is_some() {
+                &[
+                    (
+                        "408",
+                        "The request body was not complete within `http.body_timeout_secs`; the connection is closed",
+                    ),
+                    ("413", "The request body is over 2 MiB; the connection is closed"),
+                ]
+            } else {
+                &[]
+            };
+            for &(code, text) in cases.iter().chain(body_refused) {
                 op.responses
                     .responses
                     .entry(code.to_string())

@@ -15,6 +15,7 @@ mod model;
 mod open;
 mod postgres;
 mod sqlite;
+mod sqlite_directory;
 mod sqlite_issuers;
 mod sqlite_profiles;
 mod sqlite_rotate;
@@ -22,7 +23,7 @@ mod sqlite_settings;
 #[cfg(test)]
 mod testsuite;
 
-pub use directory::{Directory, DirectorySnapshot};
+pub use directory::{Directory, DirectorySnapshot, DirectoryStats};
 pub use heartbeat::{heartbeat_loop, HEARTBEAT_INTERVAL};
 pub use model::{
     AdminToken, AuditEntry, ChallengeDialect, Change, ClusterSettings, Device, DigestCredential,
@@ -107,6 +108,13 @@ pub trait Store: Send + Sync + 'static {
     /// transaction; `NotFound` if it does not exist, `Invalid` if the owner does not.
     async fn update_device(&self, device: &Device) -> Result<()>;
 
+    /// Lists the devices `owner` owns, ordered by name (the directory's narrow read after a
+    /// [`Change::User`]).
+    async fn devices_of_owner(&self, owner: &str) -> Result<Vec<Device>>;
+    /// Lists the devices whose security profile is `profile`, ordered by name (the directory's
+    /// narrow read after a [`Change::Profile`]).
+    async fn devices_with_profile(&self, profile: &str) -> Result<Vec<Device>>;
+
     /// Creates a security profile; `Conflict` if the name is taken.
     async fn create_profile(&self, profile: &SecurityProfile) -> Result<()>;
     /// Reads one security profile by name.
@@ -164,6 +172,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tokens_not_before(&self, user: &str, not_before: i64) -> Result<()>;
     /// Every user's tokens-not-before time.
     async fn tokens_not_before(&self) -> Result<Vec<(String, i64)>>;
+    /// One user's tokens-not-before time, if the user's tokens were ever revoked.
+    async fn user_tokens_not_before(&self, user: &str) -> Result<Option<i64>>;
     /// Makes the user's access tokens obtained by `client_id` and issued before `not_before`
     /// invalid; `NotFound` if the user does not exist.
     async fn set_client_tokens_not_before(
@@ -174,6 +184,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every (user, client) tokens-not-before time.
     async fn client_tokens_not_before(&self) -> Result<Vec<(String, String, i64)>>;
+    /// One user's (client, tokens-not-before time) pairs.
+    async fn user_client_tokens_not_before(&self, user: &str) -> Result<Vec<(String, i64)>>;
 
     /// Creates a trusted external issuer; `Conflict` if the issuer URL is taken.
     async fn create_issuer(&self, issuer: &TrustedIssuer) -> Result<()>;
@@ -197,6 +209,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every device's Digest credential, as (device name, credential).
     async fn digest_credentials(&self) -> Result<Vec<(String, DigestCredential)>>;
+    /// One device's Digest credential (device name compared case-insensitively), as (the
+    /// device's stored name, credential).
+    async fn device_digest_credential(
+        &self,
+        device: &str,
+    ) -> Result<Option<(String, DigestCredential)>>;
+    /// The Digest credentials of the devices `owner` owns, as (device name, credential).
+    async fn owner_digest_credentials(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(String, DigestCredential)>>;
 
     /// Creates an OAuth client; `Conflict` if the id is taken.
     async fn create_client(&self, client: &OAuthClient) -> Result<()>;

@@ -97,6 +97,7 @@ CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at INTEG
 CREATE INDEX refresh_tokens_expires ON refresh_tokens(expires_at);
 CREATE INDEX revoked_refresh_families_at ON revoked_refresh_families(revoked_at);
 "#,
+    crate::sqlite_directory::MIGRATION,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -313,7 +314,7 @@ fn insert_lines(tx: &rusqlite::Transaction<'_>, device: &str, lines: &[Line]) ->
     Ok(())
 }
 
-fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
+pub(crate) fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
     let row = conn
         .query_row(
             "SELECT name, owner, oauth, updated_at, model, profile FROM devices WHERE name = ?1",
@@ -540,6 +541,18 @@ impl Store for SqliteStore {
         .await?;
         self.notify(Change::Device(name.to_owned()));
         Ok(())
+    }
+
+    async fn devices_of_owner(&self, owner: &str) -> Result<Vec<Device>> {
+        let owner = owner.to_owned();
+        self.with(move |c| crate::sqlite_directory::devices_of_owner(c, &owner))
+            .await
+    }
+
+    async fn devices_with_profile(&self, profile: &str) -> Result<Vec<Device>> {
+        let profile = profile.to_owned();
+        self.with(move |c| crate::sqlite_directory::devices_with_profile(c, &profile))
+            .await
     }
 
     async fn create_profile(&self, profile: &SecurityProfile) -> Result<()> {
@@ -951,6 +964,36 @@ impl Store for SqliteStore {
             Ok(rows)
         })
         .await
+    }
+
+    async fn device_digest_credential(
+        &self,
+        device: &str,
+    ) -> Result<Option<(String, DigestCredential)>> {
+        let device = device.to_owned();
+        self.with(move |c| crate::sqlite_directory::device_digest(c, &device))
+            .await
+    }
+
+    async fn owner_digest_credentials(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(String, DigestCredential)>> {
+        let owner = owner.to_owned();
+        self.with(move |c| crate::sqlite_directory::owner_digests(c, &owner))
+            .await
+    }
+
+    async fn user_tokens_not_before(&self, user: &str) -> Result<Option<i64>> {
+        let user = user.to_owned();
+        self.with(move |c| crate::sqlite_directory::user_not_before(c, &user))
+            .await
+    }
+
+    async fn user_client_tokens_not_before(&self, user: &str) -> Result<Vec<(String, i64)>> {
+        let user = user.to_owned();
+        self.with(move |c| crate::sqlite_directory::user_client_not_before(c, &user))
+            .await
     }
 
     async fn create_client(&self, client: &OAuthClient) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The HTTP(S) listeners' limits against the real binary over real TLS: a connection sending a
 //! partial request head is dropped after `http.header_timeout_secs`, an idle keep-alive
-//! connection is closed after `http.idle_timeout_secs`, a request in progress outlives both, and
+//! connection is closed after `http.idle_timeout_secs`, a request in progress outlives both, a
+//! body not complete within `http.body_timeout_secs` gets 408 and a closed connection, and
 //! every HTTP(S) listener queues 4,096 pending connections (`ss -ltn`; a missing `ss` skips with
 //! a message, and fails under CI=true).
 
@@ -41,6 +42,13 @@ async fn connect(s: &Server) -> TlsStream<TcpStream> {
 
 /// Reads one response (head and a `Content-Length` body); its status code, `None` at EOF.
 async fn response(c: &mut TlsStream<TcpStream>) -> Option<u16> {
+    response_head(c)
+        .await
+        .and_then(|head| head.get(9..12)?.parse().ok())
+}
+
+/// Reads one response (head and a `Content-Length` body); its head in lower case, `None` at EOF.
+async fn response_head(c: &mut TlsStream<TcpStream>) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -51,7 +59,7 @@ async fn response(c: &mut TlsStream<TcpStream>) -> Option<u16> {
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map_or(0, |v| v.trim().parse().unwrap());
             if buf.len() >= end + 4 + len {
-                return head.get(9..12).and_then(|c| c.parse().ok());
+                return Some(head);
             }
         }
         match c.read(&mut chunk).await {
@@ -159,6 +167,51 @@ async fn a_request_in_progress_outlives_both_timeouts() {
         matches!(code, Some(400..=499)),
         "the token endpoint's answer, not a cut connection: {code:?}"
     );
+}
+
+#[tokio::test]
+async fn a_body_not_complete_in_time_gets_408_and_others_are_served_meanwhile() {
+    // The other limits are far off, so an answer before them is the body deadline's doing.
+    let s =
+        start("header_timeout_secs = 120\nidle_timeout_secs = 120\nbody_timeout_secs = 2").await;
+    let mut c = connect(&s).await;
+    c.write_all(
+        b"POST /oauth/token HTTP/1.1\r\nHost: localhost\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // 10 of the 1,000 bytes announced, then nothing.
+    c.write_all(b"grant_type").await.unwrap();
+    c.flush().await.unwrap();
+    let t0 = Instant::now();
+
+    // The stalled body holds one connection, not the server.
+    let mut other = connect(&s).await;
+    other.write_all(GET).await.unwrap();
+    assert_eq!(response(&mut other).await, Some(200));
+
+    let head = tokio::time::timeout(Duration::from_secs(40), response_head(&mut c))
+        .await
+        .expect("a stalled body waits for ever: no answer within 40 s")
+        .expect("the stalled request is answered, not cut");
+    let took = t0.elapsed();
+    assert!(head.starts_with("http/1.1 408"), "408: {head}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "answered after {took:?}, before the 2 s deadline"
+    );
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "problem+json: {head}"
+    );
+    assert!(
+        head.contains("connection: close"),
+        "Connection: close: {head}"
+    );
+    closed_after(&mut c, Duration::from_secs(10))
+        .await
+        .expect("the connection is closed after the 408");
 }
 
 /// The `Send-Q` column of `ss -ltn` for the listener on `port`: its backlog.

@@ -9,10 +9,13 @@ use rcgen::{
     PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use sipreg_store::{Device, Directory, Line, SqliteStore, Store, User};
+use sipreg_store::{Directory, SqliteStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 struct FakeValidator;
 impl BearerValidator for FakeValidator {
@@ -141,30 +144,7 @@ fn edge(host: &str, names: &[&str]) -> Edge {
 async fn registrar() -> (tempfile::TempDir, Arc<Registrar>) {
     let tmp = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&tmp.path().join("db.sqlite")).unwrap();
-    store.set_oauth_mode(true).await.unwrap();
-    store
-        .create_user(&User {
-            id: "alice".into(),
-            password_hash: String::new(),
-            created_at: 0,
-        })
-        .await
-        .unwrap();
-    store
-        .create_device(&Device {
-            name: "CSFalice".into(),
-            owner: "alice".into(),
-            lines: vec![Line {
-                dn: "1010".into(),
-                display_name: None,
-            }],
-            oauth: true,
-            updated_at: 0,
-            model: String::new(),
-            profile: String::new(),
-        })
-        .await
-        .unwrap();
+    common::seed_alice(&store).await;
     let directory = Directory::load(&store).await.unwrap();
     let r = Registrar::new(
         RegistrarConfig::default(),

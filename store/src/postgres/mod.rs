@@ -7,6 +7,7 @@
 //! every call fails with [`StoreError::Backend`] quickly (bounded pool timeouts) and the pool
 //! reconnects by itself once it is back; callers keep serving from their caches meanwhile.
 
+mod directory;
 mod issuers;
 mod listen;
 mod profiles;
@@ -27,6 +28,19 @@ use crate::{
     Line, Node, NodeStatus, OAuthClient, RefreshSuccessor, RefreshToken, RefreshUse, Result,
     SecurityProfile, SigningKey, Store, StoreError, StoredBinding, TrustCert, TrustedIssuer, User,
 };
+
+/// Which devices [`PostgresStore::read_devices`] reads.
+#[derive(Debug, Clone, Copy)]
+enum DeviceFilter<'a> {
+    /// Every device.
+    All,
+    /// The one device with this name, compared case-insensitively.
+    Name(&'a str),
+    /// The devices this user owns.
+    Owner(&'a str),
+    /// The devices using this security profile.
+    Profile(&'a str),
+}
 
 /// How often every node reloads everything even without a notification (the safety net).
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
@@ -341,15 +355,13 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn read_devices(&self, c: &Object, one: Option<&str>) -> Result<Vec<Device>> {
-        let (devs, lines) = match one {
-            Some(name) => (
-                c.query(
-                    "SELECT name, owner, oauth, updated_at, model, profile FROM devices
-                     WHERE lower(name) = lower($1)",
-                    &[&name],
-                )
-                .await?,
+    async fn read_devices(&self, c: &Object, which: DeviceFilter<'_>) -> Result<Vec<Device>> {
+        const COLUMNS: &str = "SELECT name, owner, oauth, updated_at, model, profile FROM devices";
+        const ORDER: &str = r#"ORDER BY lower(name) COLLATE "C", name COLLATE "C""#;
+        let (devs, lines) = match which {
+            DeviceFilter::Name(name) => (
+                c.query(&format!("{COLUMNS} WHERE lower(name) = lower($1)"), &[&name])
+                    .await?,
                 c.query(
                     "SELECT device, dn, display_name FROM lines
                      WHERE device = (SELECT name FROM devices WHERE lower(name) = lower($1))
@@ -358,13 +370,33 @@ impl PostgresStore {
                 )
                 .await?,
             ),
-            None => (
-                c.query(
-                    r#"SELECT name, owner, oauth, updated_at, model, profile FROM devices
-                       ORDER BY lower(name) COLLATE "C", name COLLATE "C""#,
-                    &[],
+            // One user's or one profile's devices: the narrow reads of the directory's
+            // incremental updates.
+            DeviceFilter::Owner(value) | DeviceFilter::Profile(value) => {
+                let column = if matches!(which, DeviceFilter::Owner(_)) {
+                    "owner"
+                } else {
+                    "profile"
+                };
+                (
+                    c.query(
+                        &format!("{COLUMNS} WHERE {column} = $1 {ORDER}"),
+                        &[&value],
+                    )
+                    .await?,
+                    c.query(
+                        &format!(
+                            "SELECT device, dn, display_name FROM lines
+                             WHERE device IN (SELECT name FROM devices WHERE {column} = $1)
+                             ORDER BY device, position"
+                        ),
+                        &[&value],
+                    )
+                    .await?,
                 )
-                .await?,
+            }
+            DeviceFilter::All => (
+                c.query(&format!("{COLUMNS} {ORDER}"), &[]).await?,
                 c.query(
                     "SELECT device, dn, display_name FROM lines ORDER BY device, position",
                     &[],
@@ -564,12 +596,12 @@ impl Store for PostgresStore {
 
     async fn device(&self, name: &str) -> Result<Option<Device>> {
         let c = self.client().await?;
-        Ok(self.read_devices(&c, Some(name)).await?.into_iter().next())
+        Ok(self.read_devices(&c, DeviceFilter::Name(name)).await?.into_iter().next())
     }
 
     async fn devices(&self) -> Result<Vec<Device>> {
         let c = self.client().await?;
-        self.read_devices(&c, None).await
+        self.read_devices(&c, DeviceFilter::All).await
     }
 
     async fn update_device(&self, device: &Device) -> Result<()> {
@@ -609,6 +641,16 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound(format!("device {name}")));
         }
         self.commit(tx, Change::Device(name.to_owned())).await
+    }
+
+    async fn devices_of_owner(&self, owner: &str) -> Result<Vec<Device>> {
+        let c = self.client().await?;
+        self.read_devices(&c, DeviceFilter::Owner(owner)).await
+    }
+
+    async fn devices_with_profile(&self, profile: &str) -> Result<Vec<Device>> {
+        let c = self.client().await?;
+        self.read_devices(&c, DeviceFilter::Profile(profile)).await
     }
 
     async fn create_profile(&self, profile: &SecurityProfile) -> Result<()> {
@@ -962,6 +1004,28 @@ impl Store for PostgresStore {
             ))
         })
         .collect()
+    }
+
+    async fn device_digest_credential(
+        &self,
+        device: &str,
+    ) -> Result<Option<(String, DigestCredential)>> {
+        self.pg_device_digest(device).await
+    }
+
+    async fn owner_digest_credentials(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(String, DigestCredential)>> {
+        self.pg_owner_digests(owner).await
+    }
+
+    async fn user_tokens_not_before(&self, user: &str) -> Result<Option<i64>> {
+        self.pg_user_not_before(user).await
+    }
+
+    async fn user_client_tokens_not_before(&self, user: &str) -> Result<Vec<(String, i64)>> {
+        self.pg_user_client_not_before(user).await
     }
 
     async fn create_client(&self, client: &OAuthClient) -> Result<()> {

@@ -3,6 +3,7 @@
 //! only make sense with several nodes on one database live in [`cluster`].
 
 mod cluster;
+mod directory;
 mod issuers;
 mod pg;
 mod profiles;
@@ -89,7 +90,13 @@ suite!(
     a_rotation_uses_and_inserts_in_one_transaction,
     concurrent_rotations_have_exactly_one_winner_and_one_successor,
     a_failed_rotation_among_concurrent_ones_fails_alone,
+    incremental_updates_equal_a_full_reload,
+    the_directory_reads_one_user_device_or_profile,
 );
+
+use directory::{
+    incremental_updates_equal_a_full_reload, the_directory_reads_one_user_device_or_profile,
+};
 
 use rotation::{
     a_failed_rotation_among_concurrent_ones_fails_alone,
