@@ -485,6 +485,56 @@ impl Packed {
     }
 }
 
+/// A stored binding, borrowed while [`Location::visit`] or [`Location::apply_then`] shows it:
+/// the fields a 200 OK lists, read straight from the packed form.
+pub struct BindingView<'a> {
+    packed: &'a Packed,
+}
+
+impl<'a> BindingView<'a> {
+    /// [`Binding::contact_uri`].
+    pub fn contact_uri(&self) -> &'a str {
+        self.packed.get(URI)
+    }
+
+    /// [`Binding::contact_params`], in order.
+    pub fn contact_params(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let p = self.packed;
+        let n = (p.n_params as usize).min(p.extra.len());
+        p.extra[..n].iter().map(move |s| p.span(*s))
+    }
+
+    /// Whether [`Binding::contact_params`] is non-empty.
+    pub fn has_contact_params(&self) -> bool {
+        self.packed.n_params > 0 && !self.packed.extra.is_empty()
+    }
+
+    /// [`Binding::q`].
+    pub fn q(&self) -> Option<&'a str> {
+        self.packed.opt(HAS_Q, Q)
+    }
+
+    /// [`Binding::instance`].
+    pub fn instance(&self) -> Option<&'a str> {
+        self.packed.opt(HAS_INSTANCE, INSTANCE)
+    }
+
+    /// [`Binding::reg_id`].
+    pub fn reg_id(&self) -> Option<u32> {
+        self.packed.reg_id
+    }
+
+    /// [`Binding::expires_at`].
+    pub fn expires_at(&self) -> i64 {
+        self.packed.expires_at
+    }
+
+    /// The binding as an owned [`Binding`].
+    pub fn to_binding(&self) -> Binding {
+        self.packed.unpack()
+    }
+}
+
 /// One binding of the set [`apply_in`] is building: an unchanged stored one, or a new one.
 enum Slot<'a> {
     Kept(usize),
@@ -580,15 +630,19 @@ impl Location {
 
     /// Unexpired bindings of `aor` at `now`.
     pub fn bindings(&self, aor: &str, now: i64) -> Vec<Binding> {
-        self.aors
-            .get(aor)
-            .map(|e| {
-                e.iter()
-                    .filter(|b| b.expires_at > now)
-                    .map(Packed::unpack)
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        self.visit(aor, now, |b| out.push(b.packed.unpack()));
+        out
+    }
+
+    /// Calls `f` with each unexpired binding of `aor` at `now`, borrowed: nothing is copied
+    /// out (the entry stays locked meanwhile, so `f` must not call back into the service).
+    pub fn visit(&self, aor: &str, now: i64, mut f: impl FnMut(BindingView<'_>)) {
+        if let Some(e) = self.aors.get(aor) {
+            for p in e.iter().filter(|b| b.expires_at > now) {
+                f(BindingView { packed: p });
+            }
+        }
     }
 
     /// Checks and applies `changes` to `aor` atomically; returns the unexpired bindings after.
@@ -600,24 +654,48 @@ impl Location {
         max_bindings: usize,
         now: i64,
     ) -> Result<Vec<Binding>, ApplyError> {
+        let mut after = Vec::new();
+        self.apply_then(aor, changes, max_bindings, now, |b| {
+            after.push(b.packed.unpack())
+        })?;
+        Ok(after)
+    }
+
+    /// [`apply`](Self::apply), visiting the bindings after the change with `f` instead of
+    /// copying each out as an owned [`Binding`] (about ten strings each; the 200 OK needs only
+    /// its Contact values). `f` runs only on success, with the entry still locked, so it must
+    /// not call back into the service.
+    pub fn apply_then(
+        &self,
+        aor: &str,
+        changes: &[BindingChange],
+        max_bindings: usize,
+        now: i64,
+        mut f: impl FnMut(BindingView<'_>),
+    ) -> Result<(), ApplyError> {
         let hash = self.aors.hash_usize(&aor);
+        // The distinct flows of the bindings after the change, indexed once the entry is
+        // unlocked (nearly always one).
+        let mut flows: Vec<FlowId> = Vec::new();
         // `created`: the AOR had no binding. It is marked dirty while its entry is still locked,
         // so a persister reading the entry sees the change and its mark together (`take_dirty`).
-        let run = |e: &mut Box<[Packed]>, created: bool| {
+        let mut run = |e: &mut Box<[Packed]>, created: bool| {
             let r = apply_in(e, changes, max_bindings, now);
-            let after: Vec<Binding> = match r {
-                Ok(()) => {
-                    self.dirty.mark(hash, aor, !created);
-                    e.iter().map(Packed::unpack).collect()
+            if r.is_ok() {
+                self.dirty.mark(hash, aor, !created);
+                for p in e.iter() {
+                    if p.flow != 0 && !flows.contains(&p.flow) {
+                        flows.push(p.flow);
+                    }
+                    f(BindingView { packed: p });
                 }
-                Err(_) => Vec::new(),
-            };
-            (r, e.is_empty(), after)
+            }
+            (r, e.is_empty())
         };
         // The common case (a refresh) finds the AOR without allocating its key; the entry
         // API, which locks the shard for the insert, settles a race between two first
         // REGISTERs of one AOR.
-        let (result, now_empty, after) = match self.aors.get_mut(aor) {
+        let (result, now_empty) = match self.aors.get_mut(aor) {
             Some(mut e) => run(&mut e, false),
             None => match self.aors.entry(Box::from(aor)) {
                 Entry::Occupied(mut e) => run(e.get_mut(), false),
@@ -633,22 +711,19 @@ impl Location {
                 self.expires_by(b.expires_at);
             }
         }
-        self.index_flows(aor, &after);
-        Ok(after)
+        self.index_flows(aor, &flows);
+        Ok(())
     }
 
-    /// Remembers that `aor` has bindings over the flows in `after`.
-    fn index_flows(&self, aor: &str, after: &[Binding]) {
-        for (i, b) in after.iter().enumerate() {
-            if b.flow == 0 || after[..i].iter().any(|o| o.flow == b.flow) {
-                continue;
-            }
-            if let Some(e) = self.flows.get(&b.flow) {
+    /// Remembers that `aor` has bindings over `flows` (distinct, none 0).
+    fn index_flows(&self, aor: &str, flows: &[FlowId]) {
+        for &flow in flows {
+            if let Some(e) = self.flows.get(&flow) {
                 if e.overflow || e.aors.iter().any(|a| &**a == aor) {
                     continue;
                 }
             }
-            let mut e = self.flows.entry(b.flow).or_default();
+            let mut e = self.flows.entry(flow).or_default();
             if e.overflow || e.aors.iter().any(|a| &**a == aor) {
                 continue;
             }

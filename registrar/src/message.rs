@@ -385,16 +385,31 @@ impl Request {
             return;
         };
         let value = self.span(self.headers[at].value);
-        let Some(via) = Via::parse(value) else {
+        // Read in place: only the rewritten value is allocated.
+        let Some(via) = ViaScan::of(value) else {
             return;
         };
         let ip = remote.ip().to_string();
-        let has_rport = via.params.iter().any(|(n, _)| n == "rport");
+        let raw_params = via
+            .params
+            .map(|rest| split_outside_quotes(rest, ';'))
+            .unwrap_or_default();
+        let raw_params = raw_params
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty());
+        // Named as `params` names them: the text before any `=`, trimmed, case-insensitive.
+        fn name_of(raw: &str) -> &str {
+            raw.split('=').next().unwrap_or("").trim()
+        }
+        let has_rport = raw_params
+            .clone()
+            .any(|raw| name_of(raw).eq_ignore_ascii_case("rport"));
         let needs_received = has_rport || via.host.trim_matches(['[', ']']) != ip;
         let mut out = String::with_capacity(value.len() + 40);
         out.push_str(via.head.trim_end());
-        for raw in &via.raw_params {
-            let name = raw.split('=').next().unwrap_or("").trim();
+        for raw in raw_params {
+            let name = name_of(raw);
             if name.eq_ignore_ascii_case("received") && needs_received {
                 continue;
             }
@@ -414,6 +429,88 @@ impl Request {
         let start = self.text.len();
         self.text.push_str(&out);
         self.headers[at].value = Span::of(start, out.len());
+    }
+}
+
+/// The checks of [`Via::parse`] with the parts borrowed from the value: the request path
+/// validates every Via and rewrites the top one, and needs none of them as owned strings.
+struct ViaScan<'a> {
+    /// `SIP/2.0/<transport> sent-by`, trimmed.
+    head: &'a str,
+    /// Transport token, as sent.
+    transport: &'a str,
+    /// sent-by host without whitespace (IPv6 with brackets).
+    host: Cow<'a, str>,
+    port: Option<u16>,
+    /// Everything after the first `;` outside quotes (the parameters), if any.
+    params: Option<&'a str>,
+}
+
+impl<'a> ViaScan<'a> {
+    fn of(value: &'a str) -> Option<ViaScan<'a>> {
+        let (head, params) = match first_outside_quotes(value, ';') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        };
+        let head = head.trim();
+        // RFC 3261 §25.1: LWS may surround the SLASHes and the COLON (RFC 4475 §3.1.1.1).
+        let mut proto = head.splitn(3, '/');
+        let (Some(name), Some(version), Some(rest)) = (proto.next(), proto.next(), proto.next())
+        else {
+            return None;
+        };
+        let rest = rest.trim_start();
+        let split_at = rest.find(char::is_whitespace)?;
+        let (transport, sent_by) = rest.split_at(split_at);
+        if !name.trim().eq_ignore_ascii_case("SIP")
+            || version.trim() != "2.0"
+            || transport.is_empty()
+            || !transport.bytes().all(is_token_char)
+        {
+            return None;
+        }
+        let sent_by: Cow<'a, str> = if sent_by.trim().contains(char::is_whitespace) {
+            Cow::Owned(sent_by.chars().filter(|c| !c.is_whitespace()).collect())
+        } else {
+            Cow::Borrowed(sent_by.trim())
+        };
+        let (host, port) = if let Some(rest) = sent_by.strip_prefix('[') {
+            let (h, after) = rest.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p.parse().ok()?),
+                None if after.is_empty() => None,
+                None => return None,
+            };
+            (Cow::Owned(format!("[{h}]")), port)
+        } else {
+            match sent_by.rsplit_once(':') {
+                Some((h, p)) => {
+                    let port = Some(p.parse().ok()?);
+                    let host = match &sent_by {
+                        Cow::Borrowed(b) => Cow::Borrowed(&b[..h.len()]),
+                        Cow::Owned(_) => Cow::Owned(h.to_owned()),
+                    };
+                    (host, port)
+                }
+                None => (sent_by, None),
+            }
+        };
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        {
+            return None;
+        }
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return None;
+        }
+        Some(ViaScan {
+            head,
+            transport,
+            host,
+            port,
+            params,
+        })
     }
 }
 
@@ -437,63 +534,30 @@ pub struct Via {
 impl Via {
     /// Parses one Via value; `None` if malformed.
     pub fn parse(value: &str) -> Option<Via> {
-        let parts = split_outside_quotes(value, ';');
-        let head = parts.first()?.trim();
-        // RFC 3261 §25.1: LWS may surround the SLASHes and the COLON (RFC 4475 §3.1.1.1).
-        let mut proto = head.splitn(3, '/');
-        let (Some(name), Some(version), Some(rest)) = (proto.next(), proto.next(), proto.next())
-        else {
-            return None;
-        };
-        let rest = rest.trim_start();
-        let split_at = rest.find(char::is_whitespace)?;
-        let (transport, sent_by) = rest.split_at(split_at);
-        if !name.trim().eq_ignore_ascii_case("SIP")
-            || version.trim() != "2.0"
-            || transport.is_empty()
-            || !transport.bytes().all(is_token_char)
-        {
-            return None;
-        }
-        let sent_by: String = sent_by.chars().filter(|c| !c.is_whitespace()).collect();
-        let (host, port) = if let Some(rest) = sent_by.strip_prefix('[') {
-            let (h, after) = rest.split_once(']')?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p.parse().ok()?),
-                None if after.is_empty() => None,
-                None => return None,
-            };
-            (format!("[{h}]"), port)
-        } else {
-            match sent_by.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p.parse().ok()?)),
-                None => (sent_by.clone(), None),
-            }
-        };
-        if !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-        {
-            return None;
-        }
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return None;
-        }
-        let raw_params: Vec<String> = parts[1..]
-            .iter()
-            .map(|p| p.trim())
+        let scan = ViaScan::of(value)?;
+        let raw_params: Vec<String> = scan
+            .params
+            .map(|rest| split_outside_quotes(rest, ';'))
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::trim)
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
             .collect();
         let rest = raw_params.join(";");
         Some(Via {
-            head: head.to_owned(),
-            transport: transport.to_ascii_uppercase(),
-            host,
-            port,
+            head: scan.head.to_owned(),
+            transport: scan.transport.to_ascii_uppercase(),
+            host: scan.host.into_owned(),
+            port: scan.port,
             params: params(&rest),
             raw_params,
         })
+    }
+
+    /// Whether [`parse`](Self::parse) accepts `value`, without building the parts.
+    pub fn is_valid(value: &str) -> bool {
+        ViaScan::of(value).is_some()
     }
 
     /// A parameter's value (`Some(None)` when present without a value).
@@ -1011,6 +1075,24 @@ fn split_list(value: &str) -> Vec<&str> {
     out
 }
 
+/// Where `sep` first occurs in `s` outside quoted strings (as [`split_outside_quotes`] splits).
+fn first_outside_quotes(s: &str, sep: char) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Splits `s` on `sep` outside quoted strings.
 fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
     let mut out = Vec::new();
@@ -1228,6 +1310,94 @@ User-Agent: Cisco-CSF\r\n\
 Contact: <sip:a8ae9f92-4b07-a0d7-d701-29320aed1e2e@10.10.10.10:62162;transport=tls>;+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-882323451234>\";+u.sip!devicename.ccm.cisco.com=\"CSFrado\";+u.sip!model.ccm.cisco.com=\"503\";video\r\n\
 Supported: replaces,join,sdp-anat,norefersub,X-cisco-graceful-reg\r\n\
 Content-Length: 0\r\n\r\n";
+
+    /// The Via parser before it borrowed its parts: `Via::parse` must agree with it.
+    fn via_parse_reference(value: &str) -> Option<Via> {
+        let parts = split_outside_quotes(value, ';');
+        let head = parts.first()?.trim();
+        let mut proto = head.splitn(3, '/');
+        let (Some(name), Some(version), Some(rest)) = (proto.next(), proto.next(), proto.next())
+        else {
+            return None;
+        };
+        let rest = rest.trim_start();
+        let split_at = rest.find(char::is_whitespace)?;
+        let (transport, sent_by) = rest.split_at(split_at);
+        if !name.trim().eq_ignore_ascii_case("SIP")
+            || version.trim() != "2.0"
+            || transport.is_empty()
+            || !transport.bytes().all(is_token_char)
+        {
+            return None;
+        }
+        let sent_by: String = sent_by.chars().filter(|c| !c.is_whitespace()).collect();
+        let (host, port) = if let Some(rest) = sent_by.strip_prefix('[') {
+            let (h, after) = rest.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p.parse().ok()?),
+                None if after.is_empty() => None,
+                None => return None,
+            };
+            (format!("[{h}]"), port)
+        } else {
+            match sent_by.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p.parse().ok()?)),
+                None => (sent_by.clone(), None),
+            }
+        };
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+            || host.is_empty()
+        {
+            return None;
+        }
+        let raw_params: Vec<String> = parts[1..]
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let rest = raw_params.join(";");
+        Some(Via {
+            head: head.to_owned(),
+            transport: transport.to_ascii_uppercase(),
+            host,
+            port,
+            params: params(&rest),
+            raw_params,
+        })
+    }
+
+    #[test]
+    fn the_borrowing_via_scan_agrees_with_the_owned_parse() {
+        let values = [
+            "SIP/2.0/TLS 10.10.10.10:62162;branch=z9hG4bK00001188",
+            "SIP/2.0/TCP host.example.com;branch=z9hG4bK1;rport",
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK2;received=1.2.3.4",
+            "SIP/2.0/UDP [2001:db8::1];branch=z9hG4bK2",
+            " SIP / 2.0 / UDP  host : 5060 ;branch=z9hG4bK3 ; rport = 7 ",
+            "sip/2.0/tls a.b;x=\"q;uoted\";branch=z9",
+            "SIP/2.0/TLS h:5061;;branch=z;",
+            "SIP/2.0/TLS h:5061;p=\"unterminated;y",
+            "SIP/2.0/TLS \"h\":5061",
+            "SIP/2.0/TLS h:99999",
+            "SIP/2.0/TLS h:",
+            "SIP/2.0/TLS [::1]x",
+            "SIP/2.0/TLS [::1",
+            "SIP/2.0/TLS",
+            "SIP/2.0/T@S h",
+            "SIP/3.0/TLS h",
+            "SIP/2.0 h",
+            "SIP/2.0/TLS h_bad",
+            "SIP/2.0/TLS ;branch=1",
+            "",
+        ];
+        for v in values {
+            assert_eq!(Via::parse(v), via_parse_reference(v), "{v:?}");
+            assert_eq!(Via::is_valid(v), via_parse_reference(v).is_some(), "{v:?}");
+        }
+    }
 
     #[test]
     fn parses_the_jabber_register() {

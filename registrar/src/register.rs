@@ -22,7 +22,9 @@ use crate::auth::{
 };
 pub use crate::config::RegistrarConfig;
 use crate::digest::{Algorithm, DigestAuth, DigestError, DigestResponse};
-use crate::location::{ApplyError, Binding, BindingChange, FlowId, FlowState, Location, Transport};
+use crate::location::{
+    ApplyError, Binding, BindingChange, BindingView, FlowId, FlowState, Location, Transport,
+};
 use crate::message::{uri_has_ob, Aor, Contact, ContactAddress, MessageError, Request};
 use crate::response::{response, ResponseBuilder};
 
@@ -162,7 +164,7 @@ pub fn process(
     let mut bad_via = false;
     for v in req.all("Via") {
         vias += 1;
-        bad_via = bad_via || crate::message::Via::parse(v).is_none();
+        bad_via = bad_via || !crate::message::Via::is_valid(v);
     }
     if vias == 0 {
         return Some(bad_request(req, &MessageError::Missing("Via")));
@@ -472,14 +474,17 @@ fn register(
             outbound: reg_id.is_some(),
         }));
     }
-    // §10.3 step 6: no Contact → a query; nothing changes.
+    // §10.3 step 6: no Contact → a query; nothing changes. Either way the current bindings
+    // are read in place for their Contact values, not copied out.
     let aor_key = aor.to_string();
-    let current = if changes.is_empty() {
-        location.bindings(&aor_key, now)
+    let mut listed: Vec<String> = Vec::new();
+    let list = |b: BindingView<'_>| listed.push(contact_value(&b, now));
+    if changes.is_empty() {
+        location.visit(&aor_key, now, list);
     } else {
         // §10.3 step 7: all of the request's changes commit together or not at all.
-        match location.apply(&aor_key, &changes, cfg.max_bindings_per_aor, now) {
-            Ok(b) => b,
+        match location.apply_then(&aor_key, &changes, cfg.max_bindings_per_aor, now, list) {
+            Ok(()) => {}
             // §10.3 step 7: "the update MUST be aborted and the request fails"; §12.2.2 uses 500.
             Err(ApplyError::OutOfOrder { .. }) => {
                 return refuse(
@@ -499,12 +504,12 @@ fn register(
                 )
             }
         }
-    };
+    }
 
     // §10.3 step 8: 200 listing every current binding with its remaining expiry.
     let mut ok = response(req, 200, "OK");
-    for b in &current {
-        ok = ok.header("Contact", contact_value(b, now));
+    for v in listed {
+        ok = ok.header("Contact", v);
     }
     if let Some(g) = granted {
         // Jabber reads the granted interval from the Expires header (spec §2.2).
@@ -877,32 +882,33 @@ fn warning(cfg: &RegistrarConfig, text: &str) -> String {
 
 /// A binding as a 200 OK Contact: URI, our `expires`, then the parameters the client sent
 /// (q-value, instance, reg-id, Cisco feature tags), so it recognises its own binding.
-fn contact_value(b: &Binding, now: i64) -> String {
-    let params: usize = b.contact_params.iter().map(|p| p.len() + 1).sum();
-    let mut v = String::with_capacity(b.contact_uri.len() + params + 24);
+fn contact_value(b: &BindingView<'_>, now: i64) -> String {
+    let uri = b.contact_uri();
+    let params: usize = b.contact_params().map(|p| p.len() + 1).sum();
+    let mut v = String::with_capacity(uri.len() + params + 24);
     v.push('<');
-    v.push_str(&b.contact_uri);
+    v.push_str(uri);
     v.push_str(">;expires=");
     // Remaining seconds: clamped to 0..=u32::MAX (expiries are u32 seconds from a grant).
-    let left = u32::try_from((b.expires_at - now).max(0)).unwrap_or(u32::MAX);
+    let left = u32::try_from((b.expires_at() - now).max(0)).unwrap_or(u32::MAX);
     crate::message::push_u32(&mut v, left);
-    if b.contact_params.is_empty() {
+    if !b.has_contact_params() {
         // Restored from an older format: rebuild what matters.
-        if let Some(q) = &b.q {
+        if let Some(q) = b.q() {
             v.push_str(";q=");
             v.push_str(q);
         }
-        if let Some(i) = &b.instance {
+        if let Some(i) = b.instance() {
             v.push_str(";+sip.instance=\"");
             v.push_str(&quoted_param(i));
             v.push('"');
         }
-        if let Some(r) = b.reg_id {
+        if let Some(r) = b.reg_id() {
             v.push_str(";reg-id=");
             crate::message::push_u32(&mut v, r);
         }
     }
-    for p in &b.contact_params {
+    for p in b.contact_params() {
         v.push(';');
         v.push_str(p);
     }

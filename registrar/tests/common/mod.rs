@@ -6,13 +6,19 @@ use sipreg_store::{Device, Line, SqliteStore, Store, User};
 
 /// Turns OAuth mode on and stores user `alice` owning OAuth device `CSFalice` with line 1010.
 #[allow(dead_code, reason = "not every test crate seeds alice")]
-pub async fn seed_alice(store: &SqliteStore) {
+pub(crate) async fn seed_alice(store: &SqliteStore) {
     store.set_oauth_mode(true).await.unwrap();
     seed_device(store, "alice", "CSFalice", "1010", true).await;
 }
 
 /// Stores user `owner` owning device `name` with the one line `dn`; `oauth` marks an OAuth device.
-pub async fn seed_device(store: &SqliteStore, owner: &str, name: &str, dn: &str, oauth: bool) {
+pub(crate) async fn seed_device(
+    store: &SqliteStore,
+    owner: &str,
+    name: &str,
+    dn: &str,
+    oauth: bool,
+) {
     store
         .create_user(&User {
             id: owner.into(),
