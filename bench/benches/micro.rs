@@ -475,7 +475,9 @@ fn directory_lookups(c: &mut Criterion) {
     });
     let snap = directory.snapshot();
     // Spread over the directory, so the lookups are not all served from one cache line.
-    let users: Vec<String> = (0..1_000).map(|i| format!("user{}", (i * 7) % USERS)).collect();
+    let users: Vec<String> = (0..1_000)
+        .map(|i| format!("user{}", (i * 7) % USERS))
+        .collect();
     let devices: Vec<String> = (0..1_000)
         .map(|i| format!("CSFuser{}d{}", (i * 7) % USERS, i % PER_USER))
         .collect();

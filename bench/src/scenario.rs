@@ -113,7 +113,7 @@ impl Default for LoadOptions {
             aors: 1000,
             line_base: 100_000,
             domain: "localhost".into(),
-            device_prefix: Some("BENCH".into()),
+            device_prefix: Some("CSFBENCH".into()),
             lines_per_device: 64,
             duration: Duration::from_secs(10),
             max_requests: 0,

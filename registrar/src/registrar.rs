@@ -89,6 +89,14 @@ impl Registrar {
         }
     }
 
+    /// Uses `secret` for Digest nonces instead of a random one: the cluster's shared secret, so
+    /// a nonce one node issued is checked by every node, also after a restart.
+    pub fn with_digest_secret(mut self, secret: [u8; 32]) -> Self {
+        self.digest = DigestAuth::new(secret, self.config.nonce_ttl)
+            .with_algorithms(&self.config.digest_algorithms);
+        self
+    }
+
     /// Answers one framed message; empty when nothing is to be sent (ACK, responses, garbage
     /// without headers).
     pub fn handle(&self, msg: &[u8], conn: &ConnectionFacts) -> Vec<u8> {

@@ -330,11 +330,16 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             .collect(),
         ..RegistrarConfig::default()
     };
-    let registrar = Arc::new(Registrar::new(
-        reg_cfg,
-        directory.clone(),
-        Arc::new(validator),
-    ));
+    // One Digest nonce secret for the cluster, created by the first node to start: a phone
+    // challenged by one node may answer another, or this one after a restart.
+    let digest_secret = store
+        .digest_nonce_secret(rand::random())
+        .await
+        .map_err(|e| format!("reading the Digest nonce secret: {e}"))?;
+    let registrar = Arc::new(
+        Registrar::new(reg_cfg, directory.clone(), Arc::new(validator))
+            .with_digest_secret(digest_secret),
+    );
     // Bindings from before a restart come back with their remaining lifetime, before any listener opens.
     let restored = registrar
         .restore(store.as_ref(), crate::now())

@@ -202,13 +202,19 @@ impl DirectorySnapshot {
                     self.digest_user_of.remove(prev_key.as_str());
                 }
             }
-            self.digest_user_of.insert(Key::from(device_key), user.clone());
+            self.digest_user_of
+                .insert(Key::from(device_key), user.clone());
             self.digest.insert(user, Arc::new((device, cred)));
         }
     }
 
     /// Sets one user's revocation times.
-    fn put_revocations(&mut self, user: &str, not_before: Option<i64>, clients: Vec<(String, i64)>) {
+    fn put_revocations(
+        &mut self,
+        user: &str,
+        not_before: Option<i64>,
+        clients: Vec<(String, i64)>,
+    ) {
         match not_before {
             Some(t) => self.not_before.insert(Key::from(user), t),
             None => self.not_before.remove(user),
@@ -533,7 +539,8 @@ async fn build(store: &dyn Store, generation: u64) -> Result<DirectorySnapshot> 
     for d in devices {
         let d = Arc::new(d);
         by_owner.entry(d.owner.clone()).or_default().push(d.clone());
-        snap.devices.insert(Key::from(d.name.to_ascii_lowercase()), d);
+        snap.devices
+            .insert(Key::from(d.name.to_ascii_lowercase()), d);
     }
     snap.by_owner = by_owner
         .into_iter()

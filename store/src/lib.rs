@@ -19,6 +19,7 @@ mod sqlite_directory;
 mod sqlite_issuers;
 mod sqlite_profiles;
 mod sqlite_rotate;
+mod sqlite_secrets;
 mod sqlite_settings;
 #[cfg(test)]
 mod testsuite;
@@ -82,6 +83,10 @@ pub trait Store: Send + Sync + 'static {
     /// only if the cluster settings were never seeded or set before; returns whether it did.
     /// Exactly one of several nodes starting at once wins.
     async fn seed_cluster_settings(&self, settings: &ClusterSettings) -> Result<bool>;
+    /// The cluster's Digest nonce secret: stores `candidate` (32 random bytes from the caller)
+    /// when there is none yet and returns the stored one, so every node, before and after a
+    /// restart, checks the others' nonces. Of several nodes starting at once, one candidate wins.
+    async fn digest_nonce_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32]>;
 
     /// Creates a user; `Conflict` if the id is taken.
     async fn create_user(&self, user: &User) -> Result<()>;

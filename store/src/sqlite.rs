@@ -98,6 +98,7 @@ CREATE INDEX refresh_tokens_expires ON refresh_tokens(expires_at);
 CREATE INDEX revoked_refresh_families_at ON revoked_refresh_families(revoked_at);
 "#,
     crate::sqlite_directory::MIGRATION,
+    crate::sqlite_secrets::MIGRATION,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -369,6 +370,13 @@ impl Store for SqliteStore {
             self.notify(Change::Cluster);
         }
         Ok(seeded)
+    }
+
+    async fn digest_nonce_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32]> {
+        self.with(move |c| {
+            crate::sqlite_secrets::get_or_insert(c, crate::sqlite_secrets::DIGEST_NONCE, candidate)
+        })
+        .await
     }
 
     async fn set_oauth_mode(&self, on: bool) -> Result<()> {

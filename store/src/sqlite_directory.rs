@@ -92,9 +92,11 @@ pub(crate) fn owner_digests(
 
 /// One user's tokens-not-before time.
 pub(crate) fn user_not_before(c: &mut Connection, user: &str) -> Result<Option<i64>> {
-    Ok(c.prepare_cached("SELECT not_before FROM token_revocations WHERE user_id = ?1")?
-        .query_row(params![user], |r| r.get(0))
-        .optional()?)
+    Ok(
+        c.prepare_cached("SELECT not_before FROM token_revocations WHERE user_id = ?1")?
+            .query_row(params![user], |r| r.get(0))
+            .optional()?,
+    )
 }
 
 /// One user's (client, not-before) pairs.

@@ -3,7 +3,6 @@
 //! parser that returns only the lexically last duplicate member name" — we reject, so two parsers
 //! can never disagree about which `alg` or `sub` a token carries).
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -23,23 +22,38 @@ pub(crate) enum StrictJsonError {
 
 /// Parses `bytes` as one JSON object, refusing duplicate member names at every depth.
 pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictJsonError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = match StrictValue.deserialize(&mut de) {
-        Ok(v) => v,
-        Err(e) if e.to_string().starts_with(DUPLICATE) => return Err(StrictJsonError::Duplicate),
-        Err(_) => return Err(StrictJsonError::Invalid),
-    };
-    de.end().map_err(|_| StrictJsonError::Invalid)?;
-    match value {
+    match parse_with(bytes, StrictValue)? {
         Value::Object(map) => Ok(map),
         _ => Err(StrictJsonError::Invalid),
     }
 }
 
+/// Parses `bytes` as one JSON document with `seed`, which must refuse duplicate member names
+/// with [`duplicate`] (and may use [`StrictValue`] for values it does not keep).
+pub(crate) fn parse_with<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value, StrictJsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = match seed.deserialize(&mut de) {
+        Ok(v) => v,
+        Err(e) if e.to_string().starts_with(DUPLICATE) => return Err(StrictJsonError::Duplicate),
+        Err(_) => return Err(StrictJsonError::Invalid),
+    };
+    de.end().map_err(|_| StrictJsonError::Invalid)?;
+    Ok(value)
+}
+
+/// The error a strict visitor raises on a duplicate member name.
+pub(crate) fn duplicate<E: de::Error>() -> E {
+    E::custom(DUPLICATE)
+}
+
 /// The error text our visitor raises on a duplicate, recognised above.
 const DUPLICATE: &str = "duplicate json member";
 
-struct StrictValue;
+/// Any JSON value, refusing duplicate member names at every depth.
+pub(crate) struct StrictValue;
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
     type Value = Value;
@@ -48,7 +62,8 @@ impl<'de> DeserializeSeed<'de> for StrictValue {
     }
 }
 
-struct StrictVisitor;
+/// The visitor of [`StrictValue`].
+pub(crate) struct StrictVisitor;
 
 impl<'de> Visitor<'de> for StrictVisitor {
     type Value = Value;
@@ -86,10 +101,10 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
-        let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
-                return Err(de::Error::custom(DUPLICATE));
+            // The map itself tells a duplicate: no second set of the names.
+            if out.contains_key(&key) {
+                return Err(duplicate());
             }
             let value = map.next_value_seed(StrictValue)?;
             out.insert(key, value);

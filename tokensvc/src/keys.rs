@@ -41,6 +41,9 @@ pub(crate) struct KeySet {
     /// Parsed once per generation, so a token check does no key decoding (aws-lc-rs otherwise
     /// re-parses the SEC1 point on every verification).
     verifying: HashMap<String, ParsedPublicKey>,
+    /// The exact base64url JWS header we write for each published key, to its `kid`: a token
+    /// whose header segment is byte-for-byte one of these needs no header decoding or checks.
+    own_headers: HashMap<String, String>,
     jwks: Value,
 }
 
@@ -111,6 +114,7 @@ impl KeySet {
     /// Builds a generation from the stored keys, newest first as the store lists them.
     fn build(keys: &[SigningKey]) -> Result<KeySet, TokenError> {
         let mut verifying = HashMap::new();
+        let mut own_headers = HashMap::new();
         let mut jwks = Vec::new();
         for key in keys {
             if key.alg != ALG_ES256 {
@@ -121,6 +125,7 @@ impl KeySet {
                 Ok(dk) => {
                     if verifying.insert(key.kid.clone(), dk).is_none() {
                         jwks.push(public_jwk(key));
+                        own_headers.insert(header_b64(&key.kid)?, key.kid.clone());
                     }
                 }
                 // A broken old key must not take the service down; a broken active key does below.
@@ -144,6 +149,7 @@ impl KeySet {
             active_kid: active_key.kid.clone(),
             active,
             verifying,
+            own_headers,
             jwks: json!({ "keys": jwks }),
         })
     }
@@ -156,6 +162,12 @@ impl KeySet {
     /// The published verifying key with this id (ES256: P-256, SHA-256, fixed-size signature).
     pub(crate) fn verifying(&self, kid: &str) -> Option<&ParsedPublicKey> {
         self.verifying.get(kid)
+    }
+
+    /// The `kid` of a published key whose tokens carry exactly this header segment, i.e. one
+    /// that [`Signer`] wrote: `alg` ES256, `typ` at+jwt, that `kid`, nothing else.
+    pub(crate) fn kid_of_own_header(&self, header_b64: &str) -> Option<&str> {
+        self.own_headers.get(header_b64).map(String::as_str)
     }
 }
 
@@ -235,13 +247,9 @@ impl Signer {
         if x != key.public_x || y != key.public_y {
             return Err(bad("private key does not match the stored public key"));
         }
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some(crate::issue::ACCESS_TOKEN_TYP.into());
-        header.kid = Some(key.kid.clone());
-        let json = serde_json::to_vec(&header).map_err(|e| bad(&e.to_string()))?;
         Ok(Signer {
             pair,
-            header_b64: URL_SAFE_NO_PAD.encode(json),
+            header_b64: header_b64(&key.kid)?,
             rng: SystemRandom::new(),
         })
     }
@@ -257,6 +265,16 @@ impl Signer {
             TokenError::Sign(jsonwebtoken::errors::ErrorKind::Signing("es256".into()).into())
         })
     }
+}
+
+/// The base64url JWS protected header of every access token signed with key `kid`.
+fn header_b64(kid: &str) -> Result<String, TokenError> {
+    let mut header = Header::new(Algorithm::ES256);
+    header.typ = Some(crate::issue::ACCESS_TOKEN_TYP.into());
+    header.kid = Some(kid.to_owned());
+    let json = serde_json::to_vec(&header)
+        .map_err(|e| TokenError::Key(format!("key {kid}: header: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
 }
 
 fn public_jwk(key: &SigningKey) -> Value {

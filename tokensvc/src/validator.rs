@@ -7,6 +7,7 @@
 //! costs a hash instead of a signature check. Revocation is checked on every call, cached or not,
 //! and a cached token whose key was removed from the ring is verified afresh (and then fails).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,13 +16,17 @@ use aws_lc_rs::signature::ParsedPublicKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use dashmap::DashMap;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sipreg_store::{Directory, TrustedIssuer};
 
 use crate::external::ExternalKeys;
 use crate::issue::ACCESS_TOKEN_TYP;
-use crate::json::{parse_object, StrictJsonError};
+use crate::json::{
+    duplicate, parse_object, parse_with, StrictJsonError, StrictValue, StrictVisitor,
+};
 use crate::keys::ALG_ES256;
 use crate::{KeyRing, TokenConfig};
 
@@ -347,17 +352,77 @@ impl AccessTokenValidator {
             return Err(E::Malformed);
         };
 
-        // RFC 8725 §3.1: the algorithm is checked against the allowlist on the raw header, before
-        // any key is chosen, so `none` and HS256-keyed-with-our-public-key never reach crypto.
-        let header = decode_part(header_b64)?;
         // A trusted external issuer's token is judged by that issuer's rules and keys. Only with
         // issuers configured is the (still unauthenticated) claim set looked at this early, and
         // only for its `iss`, which picks the rules; nothing in it is believed before the
         // signature checks out.
         if let Some((issuer, claims, anchors)) = self.external_issuer(claims_b64) {
+            let header = decode_part(header_b64)?;
             let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
             return self.verify_external(&issuer, &header, claims, signed, signature_b64, &anchors);
         }
+        let keys = self.inner.keys.current();
+        // Our own tokens carry, byte for byte, the header we write for their key (alg ES256,
+        // typ at+jwt, kid, nothing else), which passes every check below: recognising it saves
+        // decoding and parsing a header per token never seen before.
+        let kid = match keys.kid_of_own_header(header_b64) {
+            Some(kid) => kid.to_owned(),
+            None => self.checked_header_kid(header_b64)?,
+        };
+        let key = keys.verifying(&kid).ok_or(E::UnknownKey)?;
+        let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
+        if !es256_signature_ok(key, signed.as_bytes(), signature_b64) {
+            return Err(E::BadSignature);
+        }
+
+        // Claims are parsed only once the signature proved they are ours, straight into the
+        // few the checks read (no map of every member; names stay strict).
+        let bytes = URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .map_err(|_| E::Malformed)?;
+        let claims = parse_with(&bytes, OwnClaimsSeed).map_err(strict_error)?;
+        match &claims.iss {
+            Claim::Absent => return Err(E::MissingClaim("iss")),
+            Claim::Str(iss) if *iss == self.inner.issuer => {}
+            _ => return Err(E::WrongIssuer),
+        }
+        let aud_ok = match &claims.aud {
+            Claim::Absent => return Err(E::MissingClaim("aud")),
+            Claim::Str(a) => *a == self.inner.audience,
+            Claim::Strs(all) => all.iter().any(|a| *a == self.inner.audience),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(E::WrongAudience);
+        }
+        let exp = claims.exp.numeric("exp")?.ok_or(E::MissingClaim("exp"))?;
+        let iat = claims.iat.numeric("iat")?.ok_or(E::MissingClaim("iat"))?;
+        let nbf = claims.nbf.numeric("nbf")?.unwrap_or(i64::MIN);
+        Ok(Verified {
+            claims: AccessClaims {
+                sub: claims.sub.required("sub")?,
+                client_id: claims.client_id.required("client_id")?,
+                jti: claims.jti.required("jti")?,
+                scope: match claims.scope {
+                    Claim::Str(s) => s.into_owned(),
+                    _ => String::new(),
+                },
+                iat,
+                exp,
+            },
+            not_before: nbf,
+            kid,
+            external: None,
+        })
+    }
+
+    /// The full header checks of a token whose header is not one we write: the `kid` it names,
+    /// once `alg`, `crit`, key references and `typ` are acceptable.
+    fn checked_header_kid(&self, header_b64: &str) -> Result<String, ValidationError> {
+        use ValidationError as E;
+        // RFC 8725 §3.1: the algorithm is checked against the allowlist on the raw header, before
+        // any key is chosen, so `none` and HS256-keyed-with-our-public-key never reach crypto.
+        let header = decode_part(header_b64)?;
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         if alg != ALG_ES256 {
             return Err(E::UnsupportedAlgorithm(sanitise(alg)));
@@ -380,55 +445,11 @@ impl AccessTokenValidator {
             return Err(E::WrongType);
         }
         // Only keys we publish; `kid` selects among them and never names a key we fetch.
-        let kid = header
+        header
             .get("kid")
             .and_then(Value::as_str)
-            .ok_or(E::UnknownKey)?;
-        let keys = self.inner.keys.current();
-        let key = keys.verifying(kid).ok_or(E::UnknownKey)?;
-        let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
-        if !es256_signature_ok(key, signed.as_bytes(), signature_b64) {
-            return Err(E::BadSignature);
-        }
-
-        // Claims are parsed only once the signature proved they are ours.
-        let claims = decode_part(claims_b64)?;
-        match claims.get("iss") {
-            None => return Err(E::MissingClaim("iss")),
-            Some(Value::String(iss)) if *iss == self.inner.issuer => {}
-            Some(_) => return Err(E::WrongIssuer),
-        }
-        let aud_ok = match claims.get("aud") {
-            None => return Err(E::MissingClaim("aud")),
-            Some(Value::String(a)) => *a == self.inner.audience,
-            Some(Value::Array(all)) => all
-                .iter()
-                .any(|a| a.as_str() == Some(self.inner.audience.as_str())),
-            Some(_) => false,
-        };
-        if !aud_ok {
-            return Err(E::WrongAudience);
-        }
-        let exp = numeric(&claims, "exp")?.ok_or(E::MissingClaim("exp"))?;
-        let iat = numeric(&claims, "iat")?.ok_or(E::MissingClaim("iat"))?;
-        let nbf = numeric(&claims, "nbf")?.unwrap_or(i64::MIN);
-        Ok(Verified {
-            claims: AccessClaims {
-                sub: required(&claims, "sub")?,
-                client_id: required(&claims, "client_id")?,
-                jti: required(&claims, "jti")?,
-                scope: claims
-                    .get("scope")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                iat,
-                exp,
-            },
-            not_before: nbf,
-            kid: kid.to_owned(),
-            external: None,
-        })
+            .map(str::to_owned)
+            .ok_or(E::UnknownKey)
     }
 
     /// The trusted external issuer a token's `iss` names (never our own issuer), with the parsed
@@ -575,10 +596,198 @@ fn decode_part(part: &str) -> Result<Map<String, Value>, ValidationError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| ValidationError::Malformed)?;
-    parse_object(&bytes).map_err(|e| match e {
+    parse_object(&bytes).map_err(strict_error)
+}
+
+fn strict_error(e: StrictJsonError) -> ValidationError {
+    match e {
         StrictJsonError::Duplicate => ValidationError::DuplicateMember,
         StrictJsonError::Invalid => ValidationError::Malformed,
-    })
+    }
+}
+
+/// The members of our own claim set that the checks read, borrowed from the decoded JSON where
+/// it has no escapes. Every other member is still parsed strictly (duplicates at any depth) and
+/// dropped; a name twice, known or not, is a duplicate.
+#[derive(Default)]
+struct OwnClaims<'a> {
+    iss: Claim<'a>,
+    aud: Claim<'a>,
+    sub: Claim<'a>,
+    client_id: Claim<'a>,
+    jti: Claim<'a>,
+    scope: Claim<'a>,
+    exp: Claim<'a>,
+    iat: Claim<'a>,
+    nbf: Claim<'a>,
+}
+
+/// One claim's value, as much of it as a check can use.
+#[derive(Default)]
+enum Claim<'a> {
+    /// Not in the claim set.
+    #[default]
+    Absent,
+    /// A string.
+    Str(Cow<'a, str>),
+    /// A number as a NumericDate; `None` if it does not fit one (what `numeric` refused).
+    Num(Option<i64>),
+    /// An array: its string elements (an `aud` array; other elements never match).
+    Strs(Vec<Cow<'a, str>>),
+    /// Anything else: `null`, a boolean, an object.
+    Other,
+}
+
+impl Claim<'_> {
+    /// A NumericDate claim (RFC 7519 §2): absent is `None`, any non-number is a missing claim.
+    fn numeric(&self, name: &'static str) -> Result<Option<i64>, ValidationError> {
+        match self {
+            Claim::Absent => Ok(None),
+            Claim::Num(Some(n)) => Ok(Some(*n)),
+            _ => Err(ValidationError::MissingClaim(name)),
+        }
+    }
+
+    /// A non-empty string claim.
+    fn required(self, name: &'static str) -> Result<String, ValidationError> {
+        match self {
+            Claim::Str(s) if !s.is_empty() => Ok(s.into_owned()),
+            _ => Err(ValidationError::MissingClaim(name)),
+        }
+    }
+}
+
+struct OwnClaimsSeed;
+
+impl<'de> DeserializeSeed<'de> for OwnClaimsSeed {
+    type Value = OwnClaims<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<OwnClaims<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OwnClaimsSeed {
+    type Value = OwnClaims<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a json object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OwnClaims<'de>, A::Error> {
+        let mut c = OwnClaims::default();
+        // Names of members we do not keep, to refuse them twice too. A linear search: only a
+        // claim set whose signature verified with our key gets here.
+        let mut others: Vec<Cow<'de, str>> = Vec::new();
+        while let Some(name) = map.next_key_seed(TextSeed)? {
+            let slot = match &*name {
+                "iss" => &mut c.iss,
+                "aud" => &mut c.aud,
+                "sub" => &mut c.sub,
+                "client_id" => &mut c.client_id,
+                "jti" => &mut c.jti,
+                "scope" => &mut c.scope,
+                "exp" => &mut c.exp,
+                "iat" => &mut c.iat,
+                "nbf" => &mut c.nbf,
+                _ => {
+                    if others.contains(&name) {
+                        return Err(duplicate());
+                    }
+                    others.push(name);
+                    map.next_value_seed(StrictValue)?;
+                    continue;
+                }
+            };
+            // A parsed value is never `Absent`, so a filled slot means the name came before.
+            if !matches!(slot, Claim::Absent) {
+                return Err(duplicate());
+            }
+            *slot = map.next_value_seed(ClaimSeed)?;
+        }
+        Ok(c)
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct TextSeed;
+
+impl<'de> DeserializeSeed<'de> for TextSeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TextSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// One claim value as a [`Claim`], objects inside it parsed strictly.
+struct ClaimSeed;
+
+impl<'de> DeserializeSeed<'de> for ClaimSeed {
+    type Value = Claim<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Claim<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimSeed {
+    type Value = Claim<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any json value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Claim<'de>, E> {
+        Ok(Claim::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Claim<'de>, E> {
+        Ok(Claim::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Claim<'de>, E> {
+        Ok(Claim::Str(Cow::Owned(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Claim<'de>, E> {
+        Ok(Claim::Num(Some(v)))
+    }
+    // Beyond i64 a NumericDate saturates, as a float would.
+    fn visit_u64<E>(self, v: u64) -> Result<Claim<'de>, E> {
+        Ok(Claim::Num(Some(i64::try_from(v).unwrap_or(i64::MAX))))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Claim<'de>, E> {
+        Ok(Claim::Num(v.is_finite().then_some(v as i64)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Claim<'de>, E> {
+        Ok(Claim::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Claim<'de>, E> {
+        Ok(Claim::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Claim<'de>, A::Error> {
+        let mut strings = Vec::new();
+        while let Some(element) = seq.next_element_seed(ClaimSeed)? {
+            if let Claim::Str(s) = element {
+                strings.push(s);
+            }
+        }
+        Ok(Claim::Strs(strings))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Claim<'de>, A::Error> {
+        StrictVisitor.visit_map(map).map(|_| Claim::Other)
+    }
 }
 
 /// A NumericDate claim (RFC 7519 §2): absent is `None`, any non-number is a missing claim.
@@ -595,15 +804,6 @@ fn numeric(
             .ok_or(ValidationError::MissingClaim(name)),
         Some(_) => Err(ValidationError::MissingClaim(name)),
     }
-}
-
-fn required(claims: &Map<String, Value>, name: &'static str) -> Result<String, ValidationError> {
-    claims
-        .get(name)
-        .and_then(Value::as_str)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
-        .ok_or(ValidationError::MissingClaim(name))
 }
 
 /// Keeps an attacker-chosen `alg` printable and short, since the message may go back to clients
@@ -1151,6 +1351,112 @@ mod tests {
         assert_eq!(
             f.validator.validate(&sign(&good_header, &dup_claims), NOW),
             Err(ValidationError::DuplicateMember)
+        );
+    }
+
+    #[test]
+    fn the_claim_set_is_read_strictly_without_a_map() {
+        let f = fixture();
+        let key = EncodingKey::from_ec_pem(f.key.private_pem.as_bytes()).unwrap();
+        let header = serde_json::to_string(&header(&f)).unwrap();
+        let sign = |claims_json: &str| {
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(&header),
+                URL_SAFE_NO_PAD.encode(claims_json)
+            );
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::ES256).unwrap();
+            format!("{input}.{sig}")
+        };
+        let (iss, aud) = (&f.cfg.issuer, &f.cfg.audience);
+        let with = |extra: &str| {
+            format!(
+                r#"{{"iss":"{iss}","aud":"{aud}","exp":{},"iat":{NOW},"jti":"j1","client_id":"c","scope":"sip:register",{extra}}}"#,
+                NOW + 60
+            )
+        };
+        // Escaped names are the same names; unknown members, nested or not, are still strict.
+        for (extra, want) in [
+            (r#""sub":"jdoe""#, Ok(())),
+            (r#""sub":"jdoe""#, Ok(())),
+            (
+                r#""sub":"jdoe","x":{"a":[1,{"b":null}]},"y":[true]"#,
+                Ok(()),
+            ),
+            (
+                r#""sub":"jdoe","sub":"admin""#,
+                Err(ValidationError::DuplicateMember),
+            ),
+            (
+                r#""sub":"jdoe","x":1,"x":2"#,
+                Err(ValidationError::DuplicateMember),
+            ),
+            (
+                r#""sub":"jdoe","x":{"a":1,"a":1}"#,
+                Err(ValidationError::DuplicateMember),
+            ),
+            (
+                r#""sub":"jdoe","aud":[{"a":1,"a":2}]"#,
+                Err(ValidationError::DuplicateMember),
+            ),
+            (r#""sub":"jdoe","x":"#, Err(ValidationError::Malformed)),
+            (r#""sub":5"#, Err(ValidationError::MissingClaim("sub"))),
+            (r#""sub":null"#, Err(ValidationError::MissingClaim("sub"))),
+            (
+                r#""sub":"jdoe","nbf":"soon""#,
+                Err(ValidationError::MissingClaim("nbf")),
+            ),
+            (r#""sub":"jdoe","nbf":1.5e3"#, Ok(())),
+            (
+                r#""sub":"jdoe","nbf":99999999999999999999"#,
+                Err(ValidationError::NotYetValid),
+            ),
+        ] {
+            let got = f.validator.validate(&sign(&with(extra)), NOW).map(|_| ());
+            assert_eq!(got, want, "{extra}");
+        }
+        let escaped = r#"{"iss":"https:\/\/x","sub":"j"}"#;
+        assert_eq!(
+            f.validator.validate(&sign(escaped), NOW),
+            Err(ValidationError::WrongIssuer)
+        );
+        for (aud_json, ok) in [
+            (format!(r#"[1,null,["{aud}"],"{aud}"]"#), true),
+            (format!(r#"[1,null,["{aud}"]]"#), false),
+            (format!(r#"{{"a":"{aud}"}}"#), false),
+        ] {
+            let claims = format!(
+                r#"{{"iss":"{iss}","aud":{aud_json},"exp":{},"iat":{NOW},"jti":"j","client_id":"c","sub":"s"}}"#,
+                NOW + 60
+            );
+            let got = f.validator.validate(&sign(&claims), NOW);
+            assert_eq!(got.is_ok(), ok, "{aud_json}");
+            if !ok {
+                assert_eq!(got, Err(ValidationError::WrongAudience));
+            }
+        }
+    }
+
+    #[test]
+    fn our_own_header_is_recognised_and_any_other_spelling_is_checked() {
+        let f = fixture();
+        let token = issue(&f, NOW);
+        let own = token.split('.').next().unwrap();
+        assert_eq!(
+            f.ring.current().kid_of_own_header(own),
+            Some(f.key.kid.as_str())
+        );
+        // The same members in another order: not ours byte for byte, checked in full, valid.
+        let claims = good_claims(&f);
+        let other = forge_es256(&f, header(&f), &claims);
+        assert_ne!(other.split('.').next().unwrap(), own);
+        assert!(f.validator.validate(&other, NOW).is_ok());
+        // Our header with a member added is no longer ours, and `crit` still refuses it.
+        let mut h = header(&f);
+        h["crit"] = json!(["x"]);
+        assert_eq!(
+            f.validator.validate(&forge_es256(&f, h, &claims), NOW),
+            Err(ValidationError::UnsupportedCritical)
         );
     }
 

@@ -52,7 +52,7 @@ struct ProvisionArgs {
     #[arg(long, default_value_t = 100_000)]
     line_base: u64,
     /// Device name prefix.
-    #[arg(long, default_value = "BENCH")]
+    #[arg(long, default_value = "CSFBENCH")]
     device_prefix: String,
     /// Lines per device (1-64).
     #[arg(long, default_value_t = 64)]
@@ -122,7 +122,7 @@ struct RunArgs {
     #[arg(long, default_value = "localhost")]
     domain: String,
     /// Device name prefix for the Contact's device parameter ("" for none).
-    #[arg(long, default_value = "BENCH")]
+    #[arg(long, default_value = "CSFBENCH")]
     device_prefix: String,
     /// Lines per provisioned device.
     #[arg(long, default_value_t = 64)]

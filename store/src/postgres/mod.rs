@@ -12,6 +12,7 @@ mod issuers;
 mod listen;
 mod profiles;
 pub(crate) mod schema;
+mod secrets;
 mod settings;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -360,8 +361,11 @@ impl PostgresStore {
         const ORDER: &str = r#"ORDER BY lower(name) COLLATE "C", name COLLATE "C""#;
         let (devs, lines) = match which {
             DeviceFilter::Name(name) => (
-                c.query(&format!("{COLUMNS} WHERE lower(name) = lower($1)"), &[&name])
-                    .await?,
+                c.query(
+                    &format!("{COLUMNS} WHERE lower(name) = lower($1)"),
+                    &[&name],
+                )
+                .await?,
                 c.query(
                     "SELECT device, dn, display_name FROM lines
                      WHERE device = (SELECT name FROM devices WHERE lower(name) = lower($1))
@@ -379,11 +383,8 @@ impl PostgresStore {
                     "profile"
                 };
                 (
-                    c.query(
-                        &format!("{COLUMNS} WHERE {column} = $1 {ORDER}"),
-                        &[&value],
-                    )
-                    .await?,
+                    c.query(&format!("{COLUMNS} WHERE {column} = $1 {ORDER}"), &[&value])
+                        .await?,
                     c.query(
                         &format!(
                             "SELECT device, dn, display_name FROM lines
@@ -500,6 +501,10 @@ impl Store for PostgresStore {
         self.seed_settings(settings).await
     }
 
+    async fn digest_nonce_secret(&self, candidate: [u8; 32]) -> Result<[u8; 32]> {
+        self.pg_digest_nonce_secret(candidate).await
+    }
+
     async fn set_oauth_mode(&self, on: bool) -> Result<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
@@ -596,7 +601,11 @@ impl Store for PostgresStore {
 
     async fn device(&self, name: &str) -> Result<Option<Device>> {
         let c = self.client().await?;
-        Ok(self.read_devices(&c, DeviceFilter::Name(name)).await?.into_iter().next())
+        Ok(self
+            .read_devices(&c, DeviceFilter::Name(name))
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn devices(&self) -> Result<Vec<Device>> {

@@ -86,6 +86,7 @@ CREATE TABLE revoked_refresh_families (family TEXT PRIMARY KEY, revoked_at BIGIN
     super::settings::MIGRATION,
     super::issuers::MIGRATION,
     super::profiles::MIGRATION,
+    super::secrets::MIGRATION,
 ];
 
 /// Key of the advisory lock that serialises migrations across nodes ("sipregmg").

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{device, user};
 use crate::{
-    Change, Directory, DigestCredential, SecurityProfile, Store, DEFAULT_OAUTH_PROFILE,
+    Change, DigestCredential, Directory, SecurityProfile, Store, DEFAULT_OAUTH_PROFILE,
     DEFAULT_PROFILE,
 };
 
@@ -61,9 +61,15 @@ async fn random_write(s: &dyn Store, rng: &mut Rng, now: i64) {
         10..40 => {
             let mut d = device(&device_name(rng), who, &[]);
             let lines = rng.below(4);
-            let dns: Vec<String> = (0..lines).map(|_| format!("{}", 1000 + rng.below(40))).collect();
-            d.lines = device(&d.name, who, &dns.iter().map(String::as_str).collect::<Vec<_>>())
-                .lines;
+            let dns: Vec<String> = (0..lines)
+                .map(|_| format!("{}", 1000 + rng.below(40)))
+                .collect();
+            d.lines = device(
+                &d.name,
+                who,
+                &dns.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .lines;
             d.profile = rng.pick(PROFILES).into();
             d.oauth = rng.below(2) == 0;
             if rng.below(2) == 0 {
@@ -81,7 +87,8 @@ async fn random_write(s: &dyn Store, rng: &mut Rng, now: i64) {
                 ha1_md5: format!("md5-{now}"),
                 ha1_sha256: format!("sha-{now}"),
             };
-            s.set_digest_credential(&device_name(rng), Some(&cred)).await
+            s.set_digest_credential(&device_name(rng), Some(&cred))
+                .await
         }
         58..61 => s.set_digest_credential(&device_name(rng), None).await,
         61..68 => {
@@ -135,7 +142,10 @@ pub(super) async fn incremental_updates_equal_a_full_reload(s: Arc<dyn Store>) {
         }
     }
     let snap = dir.snapshot();
-    assert!(snap.device_count() > 0, "the sequence left devices to compare");
+    assert!(
+        snap.device_count() > 0,
+        "the sequence left devices to compare"
+    );
     assert!(most_digests > 1, "the sequence set Digest credentials");
     let stats = dir.stats();
     assert_eq!(stats.reloads, 1, "only the first load read everything");
@@ -215,7 +225,11 @@ pub(super) async fn the_directory_reads_one_user_device_or_profile(s: Arc<dyn St
     // Deleting the user takes its devices, credentials and revocations along.
     s.delete_user("alice").await.unwrap();
     assert!(s.devices_of_owner("alice").await.unwrap().is_empty());
-    assert!(s.owner_digest_credentials("alice").await.unwrap().is_empty());
+    assert!(s
+        .owner_digest_credentials("alice")
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(s.user_tokens_not_before("alice").await.unwrap(), None);
     assert!(s
         .user_client_tokens_not_before("alice")

@@ -8,6 +8,7 @@ mod issuers;
 mod pg;
 mod profiles;
 mod rotation;
+mod secrets;
 mod settings;
 
 use std::sync::Arc;
@@ -92,6 +93,7 @@ suite!(
     a_failed_rotation_among_concurrent_ones_fails_alone,
     incremental_updates_equal_a_full_reload,
     the_directory_reads_one_user_device_or_profile,
+    the_digest_nonce_secret_is_created_once,
 );
 
 use directory::{
@@ -110,6 +112,8 @@ use profiles::{
 };
 
 use settings::cluster_settings_are_replaced_seeded_once_and_validated;
+
+use secrets::the_digest_nonce_secret_is_created_once;
 
 use issuers::{
     per_client_not_before_is_kept_per_user_and_client,
