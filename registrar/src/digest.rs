@@ -510,16 +510,29 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
 
     #[test]
     fn nodes_sharing_the_secret_accept_each_others_nonces_and_debug_hides_it() {
-        let (a, b) = (DigestAuth::new([0xab; 32], 300), DigestAuth::new([0xab; 32], 300));
+        let (a, b) = (
+            DigestAuth::new([0xab; 32], 300),
+            DigestAuth::new([0xab; 32], 300),
+        );
         let stored = ha1(Algorithm::Sha256, "1010", REALM, "secret");
         let nonce = a.nonce(REALM, NOW);
         let resp = DigestResponse::parse(&client(Algorithm::Sha256, &nonce, 1, "secret"))
             .unwrap()
             .unwrap();
-        b.verify(&resp, "REGISTER", "sip:example.com", REALM, &stored, NOW + 1)
-            .unwrap();
+        b.verify(
+            &resp,
+            "REGISTER",
+            "sip:example.com",
+            REALM,
+            &stored,
+            NOW + 1,
+        )
+        .unwrap();
         let shown = format!("{a:?}");
-        assert!(!shown.contains("171") && !shown.contains("secret"), "{shown}");
+        assert!(
+            !shown.contains("171") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 
     #[test]

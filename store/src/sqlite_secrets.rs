@@ -13,7 +13,11 @@ CREATE TABLE cluster_secrets (name TEXT PRIMARY KEY, secret BLOB NOT NULL);
 pub(crate) const DIGEST_NONCE: &str = "digest_nonce";
 
 /// Stores `candidate` under `name` unless a secret is there already, then returns the stored one.
-pub(crate) fn get_or_insert(c: &mut Connection, name: &str, candidate: [u8; 32]) -> Result<[u8; 32]> {
+pub(crate) fn get_or_insert(
+    c: &mut Connection,
+    name: &str,
+    candidate: [u8; 32],
+) -> Result<[u8; 32]> {
     // Insert-if-absent, then read: another process on the same file may have won the insert.
     c.execute(
         "INSERT INTO cluster_secrets (name, secret) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",

@@ -1,7 +1,8 @@
 //! Clusters: two `sipreg serve` processes (nodes `a` and `b`, own data dirs and ports) share one
 //! PostgreSQL database that this test starts (Debian's `postgresql` package; skipped when it is
 //! missing, a failure when `CI=true`). Changes made through node A's API reach node B within a
-//! second, tokens from A register on B, and a refresh race across the nodes has one winner.
+//! second, tokens from A register on B, a refresh race across the nodes has one winner, and a
+//! Digest nonce node A issued is accepted by node B (and, on SQLite, by a node after a restart).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -142,6 +143,8 @@ struct Node {
     https_port: u16,
     config_port: u16,
     sip_oauth_port: u16,
+    /// The legacy (Digest) UDP/TCP port, when the node has one.
+    sip_port: Option<u16>,
     child: Child,
     http: reqwest::Client,
     admin_token: String,
@@ -149,11 +152,29 @@ struct Node {
 
 impl Node {
     async fn start(name: &str, store: &str) -> Node {
+        Self::launch(name, store, None).await
+    }
+
+    /// A node with its legacy ports open (Digest over UDP/TCP on `sip_port`).
+    async fn start_legacy(name: &str, store: &str) -> Node {
+        Self::launch(name, store, Some(free_port())).await
+    }
+
+    async fn launch(name: &str, store: &str, sip_port: Option<u16>) -> Node {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let (https_port, config_port, sip_oauth_port) = (free_port(), free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let legacy: Vec<String> = match sip_port {
+            Some(p) => vec![
+                "--sip-port".into(),
+                p.to_string(),
+                "--secured-sip-port".into(),
+                free_port().to_string(),
+            ],
+            None => vec!["--no-legacy".into()],
+        };
         let child = Command::new(sipreg_bin())
             .arg("--data-dir")
             .arg(&data)
@@ -164,7 +185,8 @@ impl Node {
             .args(["--config-http-port", &config_port.to_string()])
             .args(["--config-https-port", &free_port().to_string()])
             .args(["--sip-oauth-port", &sip_oauth_port.to_string()])
-            .args(["--tftp-port", "0", "--no-legacy"])
+            .args(["--tftp-port", "0"])
+            .args(&legacy)
             .args(["--token-issuer", "https://cluster.sipreg.test:8443"])
             .env("SIPREG_LOG", "info")
             .stdin(Stdio::null())
@@ -177,6 +199,7 @@ impl Node {
             https_port,
             config_port,
             sip_oauth_port,
+            sip_port,
             child,
             http: reqwest::Client::new(),
             admin_token: String::new(),
@@ -441,4 +464,142 @@ async fn a_refresh_token_used_on_both_nodes_at_once_has_one_winner() {
             "round {round}: the family survived the reuse: {body}"
         );
     }
+}
+
+/// A REGISTER for line 7100 over UDP to `port`, with `authorization` when given; the answer's text.
+fn register_udp(sock: &std::net::UdpSocket, port: u16, cseq: u32, authorization: &str) -> String {
+    let me = sock.local_addr().unwrap();
+    let req = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKnonce{cseq};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:7100@localhost>;tag=n\r\nTo: <sip:7100@localhost>\r\n\
+         Call-ID: shared-nonce\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:7100@{me}>\r\n{authorization}\
+         Content-Length: 0\r\n\r\n"
+    );
+    sock.send_to(req.as_bytes(), ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a UDP answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SHA-256 challenge's nonce in a 401.
+fn sha256_nonce(answer: &str) -> String {
+    let line = answer
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate:") && l.contains("algorithm=SHA-256"))
+        .unwrap_or_else(|| panic!("no SHA-256 challenge: {answer}"));
+    let start = line.find("nonce=\"").unwrap() + 7;
+    line[start..].split('"').next().unwrap().to_owned()
+}
+
+/// An `Authorization` header line answering `nonce` with `nc` (RFC 7616 §3.4.1, qop=auth).
+fn digest_authorization(nonce: &str, nc: u32) -> String {
+    let ha1 = sha256_hex("desk-7100:ccmsipline:digest-secret");
+    let ha2 = sha256_hex("REGISTER:sip:localhost");
+    let response = sha256_hex(&format!("{ha1}:{nonce}:{nc:08x}:c0ffee:auth:{ha2}"));
+    format!(
+        "Authorization: Digest username=\"desk-7100\", realm=\"ccmsipline\", nonce=\"{nonce}\", \
+         uri=\"sip:localhost\", response=\"{response}\", algorithm=SHA-256, cnonce=\"c0ffee\", \
+         qop=auth, nc={nc:08x}\r\n"
+    )
+}
+
+/// Node A challenges a legacy phone and the phone's answer reaches node B (DNS SRV failover, a
+/// load balancer): B checks A's nonce with the cluster's shared secret and registers the phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_nonce_issued_by_node_a_is_accepted_by_node_b() {
+    let Some(pg) = Postgres::start() else {
+        return;
+    };
+    let a = Node::start_legacy("a", &pg.url()).await;
+    let b = Node::start_legacy("b", &pg.url()).await;
+    let (a_port, b_port) = (a.sip_port.unwrap(), b.sip_port.unwrap());
+    a.cli(&["user", "add", "desk"], Some("pw pw pw\n"));
+    a.cli(
+        &[
+            "device",
+            "add",
+            "SEP00AABBCC7100",
+            "--owner",
+            "desk",
+            "--line",
+            "7100",
+        ],
+        None,
+    );
+    a.cli(
+        &[
+            "device",
+            "digest",
+            "SEP00AABBCC7100",
+            "--username",
+            "desk-7100",
+        ],
+        Some("digest-secret\n"),
+    );
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Node B knows the credential once it registers the phone on its own nonce.
+    let mut cseq = 1;
+    within(Duration::from_secs(2), "the credential on node b", || {
+        cseq += 2;
+        let nonce = sha256_nonce(&register_udp(&sock, b_port, cseq, ""));
+        let ok = register_udp(&sock, b_port, cseq + 1, &digest_authorization(&nonce, 1))
+            .starts_with("SIP/2.0 200");
+        async move { ok }
+    })
+    .await;
+
+    let challenge = register_udp(&sock, a_port, 100, "");
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let nonce = sha256_nonce(&challenge);
+    let answer = register_udp(&sock, b_port, 101, &digest_authorization(&nonce, 1));
+    assert!(
+        answer.starts_with("SIP/2.0 200"),
+        "node b refused node a's nonce: {answer}\n--- node b log:\n{}",
+        b.log()
+    );
+    // Node A too, and each node still refuses a count it has already seen with the nonce.
+    let on_a = register_udp(&sock, a_port, 102, &digest_authorization(&nonce, 2));
+    assert!(on_a.starts_with("SIP/2.0 200"), "{on_a}");
+    let replay = register_udp(&sock, b_port, 103, &digest_authorization(&nonce, 1));
+    assert!(replay.starts_with("SIP/2.0 401"), "{replay}");
+}
+
+/// A single node on SQLite: a nonce issued before a restart is accepted after it, as the secret is
+/// read back from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_nonce_issued_before_a_restart_is_accepted_after_it() {
+    let mut s = sipreg_e2e::Server::start().await;
+    s.add_user_and_device("desk", "pw pw pw", "SEP00AABBCC7100", &["7100"], false);
+    let (code, _, err) = s.cli(
+        &[
+            "device",
+            "digest",
+            "SEP00AABBCC7100",
+            "--username",
+            "desk-7100",
+        ],
+        Some("digest-secret\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let nonce = sha256_nonce(&register_udp(&sock, s.sip_port, 1, ""));
+    let before = register_udp(&sock, s.sip_port, 2, &digest_authorization(&nonce, 1));
+    assert!(before.starts_with("SIP/2.0 200"), "{before}");
+    s.restart().await;
+    let after = register_udp(&sock, s.sip_port, 3, &digest_authorization(&nonce, 2));
+    assert!(
+        after.starts_with("SIP/2.0 200"),
+        "the restarted node refused its nonce: {after}\n--- log:\n{}",
+        s.log()
+    );
 }

@@ -1,21 +1,51 @@
-//! The set of files the config service hands out, rendered once per directory change.
+//! The files the config service hands out, each rendered when first asked for and cached.
 //!
-//! [`ConfigFiles`] keeps one immutable [`FileSet`] per directory snapshot `generation`. The first
-//! request after a change renders every file again (one request does the work, the others wait
-//! for it) and swaps the new set in; every other request is a map lookup. HTTP, HTTPS and TFTP all
-//! serve from the same set, so the three transports hand out the same bytes.
+//! A device's `<name>.cnf.xml` is a function of the device and of what every file shows of the
+//! cluster: the OAuth mode and the nodes with their ports ([`render`](crate::render) reads nothing
+//! else; a security profile reaches a file only through the device's `oauth` flag, which the
+//! store rewrites, as a new device, when the profile changes). So [`ConfigFiles`] renders a file on
+//! its first request and serves it again while
+//! - the snapshot still holds the same `Arc<Device>` (the directory keeps an untouched device's
+//!   `Arc` across snapshots, so one device change leaves every other device's entry valid), and
+//! - the settings epoch is the same (it moves only when the OAuth mode or the nodes change).
+//!
+//! `XMLDefault.cnf.xml` depends on the settings only; `ConfigFileCacheList.txt` on the device names
+//! only, and is built from them without rendering any file. A change of one device therefore costs
+//! one render, on that device's next fetch, instead of a render of every device.
+//!
+//! Rendered device files live in a cache bounded by bytes ([`DEFAULT_CACHE_BYTES`]), in shards that
+//! each evict by CLOCK (second chance, close to least recently used). An evicted file keeps its
+//! ETag and `Last-Modified` (a small record per device), so a file rendered again with the same bytes
+//! keeps its date and one with new bytes gets a strictly later one. HTTP, HTTPS and TFTP all serve
+//! the same cached `ConfigFile`, so the three transports hand out the same bytes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
-use sipreg_store::{Directory, DirectorySnapshot};
+use sipreg_store::{Device, Directory, DirectorySnapshot, Node};
 
 use crate::fetches::{FetchResult, FetchStats, FetchTransport};
-use crate::names::{self, BadName, CACHE_LIST, XML_DEFAULT};
+use crate::names::{self, BadName, CACHE_LIST, DEVICE_SUFFIX, XML_DEFAULT};
 use crate::render::{render_default_config, try_render, RenderError};
+
+/// Bytes of rendered device files a [`ConfigFiles`] keeps by default: about 20,000 files of
+/// 8 lines, the working set of a large cluster's boot storm, in a fixed amount of memory.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Cache shards: requests for different devices rarely meet on one lock, and a full shard
+/// evicts only its own entries.
+const SHARDS: usize = 16;
+/// What a cached file costs besides its strings: the `ConfigFile`, its `Arc`s, the map entry.
+const FILE_OVERHEAD: usize = 256;
+/// A full shard evicts down to this share of its budget (percent), so that it does not run the
+/// CLOCK hand again on every insert.
+const EVICT_TO_PERCENT: usize = 75;
+/// Records a shard keeps before it drops those of deleted devices (plus twice its share).
+const PRUNE_SLACK: usize = 64;
 
 /// One rendered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,31 +62,6 @@ pub struct ConfigFile {
     pub owner: Option<String>,
     /// The `Content-Type` to send over HTTP.
     pub content_type: &'static str,
-}
-
-/// Every file served for one directory generation, keyed by lowercase file name.
-#[derive(Debug, Default)]
-pub struct FileSet {
-    /// The directory snapshot generation these files were rendered from.
-    pub generation: u64,
-    files: HashMap<String, Arc<ConfigFile>>,
-}
-
-impl FileSet {
-    /// The file with this (already lowercased) key.
-    pub fn get(&self, key: &str) -> Option<&Arc<ConfigFile>> {
-        self.files.get(key)
-    }
-
-    /// Number of files.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// Whether the set is empty (it never is once built: XMLDefault is always there).
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 /// Why a requested file is not served.
@@ -79,36 +84,304 @@ impl From<BadName> for LookupError {
     }
 }
 
-/// The live file set over a [`Directory`]; cheap to share behind an `Arc`.
+/// What every file shows of the cluster: the inputs of a render besides the device.
+#[derive(Debug, Default, PartialEq)]
+struct Settings {
+    oauth_mode: bool,
+    nodes: Vec<Node>,
+}
+
+impl Settings {
+    fn of(snap: &DirectorySnapshot) -> Self {
+        Settings {
+            oauth_mode: snap.oauth_mode(),
+            nodes: snap.nodes.clone(),
+        }
+    }
+}
+
+/// The settings epoch of one directory generation.
+#[derive(Debug, Default)]
+struct View {
+    generation: u64,
+    /// Moves (never back) whenever `settings` differ from the previous view's, so every view with
+    /// the same epoch has the same settings.
+    epoch: u64,
+    settings: Settings,
+}
+
+/// The last rendered version of one device's file.
+#[derive(Debug)]
+struct Entry {
+    /// The device the file was rendered from. A `Weak` keeps the allocation, so no other device
+    /// can take its address while entries compare against it. Empty once evicted.
+    device: Weak<Device>,
+    /// The settings epoch it was rendered with.
+    epoch: u64,
+    /// The directory generation it was rendered from: an older snapshot's render never replaces it.
+    generation: u64,
+    /// The validators of the last rendered bytes, kept after eviction so a render of the same
+    /// bytes keeps its date and one of new bytes gets a later one.
+    digest: [u8; 16],
+    last_modified: SystemTime,
+    /// The file while it is cached.
+    file: Option<Arc<ConfigFile>>,
+    /// Set by every hit; the CLOCK hand clears it and evicts a file it finds without it.
+    used: AtomicBool,
+}
+
+impl Entry {
+    fn serves(&self, device: &Arc<Device>, epoch: u64) -> Option<&Arc<ConfigFile>> {
+        let file = self.file.as_ref()?;
+        (self.epoch == epoch && std::ptr::eq(self.device.as_ptr(), Arc::as_ptr(device)))
+            .then_some(file)
+    }
+}
+
+/// One shard of the device file cache.
+#[derive(Debug, Default)]
+struct Shard {
+    /// By lowercase file name.
+    entries: HashMap<Arc<str>, Entry>,
+    /// Keys of the entries holding a file, in CLOCK order.
+    ring: Vec<Arc<str>>,
+    hand: usize,
+    /// What the cached files cost ([`weight_of`]).
+    bytes: usize,
+    /// Entry count at which records of deleted devices are dropped.
+    prune_at: usize,
+}
+
+/// A rendered file before it gets its validators.
+struct Rendered {
+    name: String,
+    body: Vec<u8>,
+    owner: Option<String>,
+    content_type: &'static str,
+}
+
+impl Rendered {
+    /// The file, dated from `previous` (digest and date of the last version served under its name).
+    fn into_file(
+        self,
+        previous: Option<([u8; 16], SystemTime)>,
+        now: SystemTime,
+    ) -> ([u8; 16], Arc<ConfigFile>) {
+        let digest = digest(&self.body);
+        let last_modified = match previous {
+            Some((d, at)) if d == digest => at,
+            // Strictly later, even within a second: a client that only sends `If-Modified-Since`
+            // still sees two changes in a row.
+            Some((_, at)) => now.max(at + Duration::from_secs(1)),
+            None => now,
+        };
+        let file = ConfigFile {
+            name: self.name,
+            body: self.body.into(),
+            etag: etag_of(&digest),
+            last_modified,
+            owner: self.owner,
+            content_type: self.content_type,
+        };
+        (digest, Arc::new(file))
+    }
+}
+
+impl Shard {
+    fn hit(&self, key: &str, device: &Arc<Device>, epoch: u64) -> Option<Arc<ConfigFile>> {
+        let entry = self.entries.get(key)?;
+        let file = entry.serves(device, epoch)?;
+        // A load first: a store on every hit would bounce the cache line between cores.
+        if !entry.used.load(Ordering::Relaxed) {
+            entry.used.store(true, Ordering::Relaxed);
+        }
+        Some(file.clone())
+    }
+
+    /// Caches `rendered` (from `device`, `view`, `generation`) unless a request that rendered the
+    /// same inputs or a newer snapshot came first, and returns the file to serve.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &mut self,
+        key: &str,
+        device: &Arc<Device>,
+        view: &View,
+        generation: u64,
+        rendered: Rendered,
+        now: SystemTime,
+        budget: usize,
+        snap: &DirectorySnapshot,
+    ) -> Arc<ConfigFile> {
+        let previous = match self.entries.get(key) {
+            Some(e) => {
+                if let Some(file) = e.serves(device, view.epoch) {
+                    return file.clone();
+                }
+                // A request that saw a newer snapshot already cached its file: serve the newer.
+                if let (Some(file), true) = (&e.file, e.generation > generation) {
+                    return file.clone();
+                }
+                Some((e.digest, e.last_modified))
+            }
+            None => None,
+        };
+        let (digest, file) = rendered.into_file(previous, now);
+        let weight = weight_of(&file);
+        // A file bigger than the whole shard is served but not kept (only its validators are).
+        let keep = weight <= budget;
+        let key: Arc<str> = match self.entries.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        };
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
+            device: Weak::new(),
+            epoch: 0,
+            generation: 0,
+            digest,
+            last_modified: file.last_modified,
+            file: None,
+            used: AtomicBool::new(false),
+        });
+        let was_cached = match entry.file.take() {
+            Some(old) => {
+                self.bytes = self.bytes.saturating_sub(weight_of(&old));
+                true
+            }
+            None => false,
+        };
+        entry.device = Arc::downgrade(device);
+        entry.epoch = view.epoch;
+        entry.generation = generation;
+        entry.digest = digest;
+        entry.last_modified = file.last_modified;
+        // A new file must earn its place with a hit before the hand comes round (scan resistance).
+        *entry.used.get_mut() = false;
+        if keep {
+            entry.file = Some(file.clone());
+            self.bytes += weight;
+            if !was_cached {
+                self.ring.push(key);
+            }
+        } else if was_cached {
+            self.ring.retain(|k| *k != key);
+        }
+        if self.bytes > budget {
+            self.evict(budget / 100 * EVICT_TO_PERCENT);
+        }
+        if self.entries.len() > self.prune_at.max(prune_floor(snap)) {
+            self.prune(snap, now);
+        }
+        file
+    }
+
+    /// CLOCK: drops the files of entries not hit since the hand last passed them until the shard
+    /// costs at most `target`.
+    fn evict(&mut self, target: usize) {
+        // Each file is passed at most twice: once to clear its bit, once to evict it.
+        let mut steps = 2 * self.ring.len();
+        while self.bytes > target && steps > 0 && !self.ring.is_empty() {
+            steps -= 1;
+            if self.hand >= self.ring.len() {
+                self.hand = 0;
+            }
+            let Some(entry) = self.entries.get_mut(&self.ring[self.hand]) else {
+                self.ring.swap_remove(self.hand);
+                continue;
+            };
+            if std::mem::take(entry.used.get_mut()) {
+                self.hand += 1;
+                continue;
+            }
+            if let Some(file) = entry.file.take() {
+                self.bytes = self.bytes.saturating_sub(weight_of(&file));
+            }
+            entry.device = Weak::new();
+            self.ring.swap_remove(self.hand);
+        }
+    }
+
+    /// Drops the entries of devices no longer in the directory, once their date is in the past:
+    /// a device created again under the name later still gets a strictly later `Last-Modified`.
+    fn prune(&mut self, snap: &DirectorySnapshot, now: SystemTime) {
+        let mut freed = 0;
+        self.entries.retain(|key, e| {
+            let listed = key
+                .strip_suffix(DEVICE_SUFFIX)
+                .is_some_and(|stem| snap.device(stem).is_some());
+            let keep = listed || e.last_modified >= now;
+            if !keep {
+                freed += e.file.as_ref().map_or(0, |f| weight_of(f));
+            }
+            keep
+        });
+        if freed > 0 {
+            self.bytes = self.bytes.saturating_sub(freed);
+            let entries = &self.entries;
+            self.ring
+                .retain(|k| entries.get(k).is_some_and(|e| e.file.is_some()));
+        }
+        // Amortised: the next prune waits until the shard doubles again.
+        self.prune_at = 2 * self.entries.len();
+    }
+}
+
+/// A file that depends on the whole snapshot (XMLDefault, the list), with what it was made from.
+#[derive(Debug)]
+struct Derived {
+    /// A settings epoch (XMLDefault) or a directory generation (the list); both only grow.
+    made_from: u64,
+    digest: [u8; 16],
+    file: Arc<ConfigFile>,
+}
+
+/// The files served over a [`Directory`], rendered on demand; cheap to share behind an `Arc`.
 pub struct ConfigFiles {
     directory: Directory,
-    current: ArcSwapOption<FileSet>,
-    // One rebuild at a time; the others wait and then find the new set.
-    rebuild: Mutex<()>,
+    view: ArcSwap<View>,
+    // One view update at a time, so epochs are handed out in order (a short compare, no render).
+    view_update: Mutex<()>,
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+    /// Bytes each shard may hold.
+    shard_budget: usize,
+    xml_default: Mutex<Option<Derived>>,
+    cache_list: Mutex<Option<Derived>>,
     /// Fetches by transport and result, counted by [`ConfigFiles::fetch`].
     fetches: Arc<FetchStats>,
 }
 
 impl std::fmt::Debug for ConfigFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let view = self.view.load();
         f.debug_struct("ConfigFiles")
-            .field(
-                "generation",
-                &self.current.load().as_ref().map(|s| s.generation),
-            )
+            .field("generation", &view.generation)
+            .field("settings_epoch", &view.epoch)
+            .field("cached_bytes", &self.cached_bytes())
             .finish()
     }
 }
 
 impl ConfigFiles {
-    /// A file set following `directory`; nothing is rendered until the first request.
+    /// The files of `directory`, with a cache of [`DEFAULT_CACHE_BYTES`]; nothing is rendered
+    /// until the first request.
     pub fn new(directory: Directory) -> Self {
         ConfigFiles {
             directory,
-            current: ArcSwapOption::empty(),
-            rebuild: Mutex::new(()),
+            view: ArcSwap::default(),
+            view_update: Mutex::new(()),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            shard_budget: DEFAULT_CACHE_BYTES / SHARDS,
+            xml_default: Mutex::new(None),
+            cache_list: Mutex::new(None),
             fetches: Arc::default(),
         }
+    }
+
+    /// Keeps at most about `bytes` of rendered device files (spread over the shards).
+    pub fn with_cache_bytes(mut self, bytes: usize) -> Self {
+        self.shard_budget = bytes / SHARDS;
+        self
     }
 
     /// Counts fetches into `fetches` (shared with whoever renders the metrics).
@@ -120,6 +393,11 @@ impl ConfigFiles {
     /// The fetch counters.
     pub fn fetch_stats(&self) -> &Arc<FetchStats> {
         &self.fetches
+    }
+
+    /// What the cached device files cost now, in bytes (bodies, names and a fixed overhead each).
+    pub fn cached_bytes(&self) -> usize {
+        self.shards.iter().map(|s| read(s).bytes).sum()
     }
 
     /// [`lookup`](Self::lookup) for a client fetching over `transport`, counted; a fetch refused
@@ -139,111 +417,188 @@ impl ConfigFiles {
         r
     }
 
-    /// The file set for the directory's current generation, rendering it if the directory moved on.
-    pub fn files(&self) -> Result<Arc<FileSet>, LookupError> {
-        let snap = self.directory.snapshot();
-        if let Some(set) = self.current.load_full() {
-            if set.generation == snap.generation {
-                return Ok(set);
-            }
-        }
-        // A poisoned lock only means another rebuild panicked; the data it guards is `()`.
-        let _one = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = self.current.load_full();
-        let snap = self.directory.snapshot();
-        if let Some(set) = &previous {
-            if set.generation == snap.generation {
-                return Ok(set.clone());
-            }
-        }
-        let set = build(&snap, previous.as_deref(), SystemTime::now()).map_err(|e| {
-            tracing::error!(error = %e, "cannot render device config files");
-            LookupError::Render
-        })?;
-        let set = Arc::new(set);
-        self.current.store(Some(set.clone()));
-        Ok(set)
-    }
-
-    /// The file a client asked for by name (case-insensitive).
+    /// The file a client asked for by name (case-insensitive), rendered if it is not cached.
     pub fn lookup(&self, requested: &str) -> Result<Arc<ConfigFile>, LookupError> {
         let key = names::lookup_key(requested)?;
-        self.files()?
-            .get(&key)
-            .cloned()
-            .ok_or(LookupError::NotFound)
-    }
-}
-
-/// Renders every file of `snap`. A file whose bytes did not change keeps its `last_modified`
-/// from `previous`; a changed one gets a time strictly after its previous one, so a client that
-/// only sends `If-Modified-Since` still sees two changes within one second.
-fn build(
-    snap: &DirectorySnapshot,
-    previous: Option<&FileSet>,
-    now: SystemTime,
-) -> Result<FileSet, RenderError> {
-    let now = whole_seconds(now);
-    let mut files = HashMap::new();
-    let mut add = |name: String, body: Vec<u8>, owner: Option<String>, content_type| {
-        let key = name.to_ascii_lowercase();
-        let etag = etag(&body);
-        let before = previous.and_then(|p| p.get(&key));
-        let last_modified = match before {
-            Some(b) if b.etag == etag => b.last_modified,
-            Some(b) => now.max(b.last_modified + Duration::from_secs(1)),
-            None => now,
-        };
-        files.insert(
-            key,
-            Arc::new(ConfigFile {
-                name,
-                body: body.into(),
-                etag,
-                last_modified,
-                owner,
-                content_type,
-            }),
-        );
-    };
-    let mut listed = vec![XML_DEFAULT.to_string()];
-    for device in snap.all_devices() {
-        if names::device_kind(&device.name).is_none() {
-            continue;
+        let (view, snap) = self.current();
+        if key.eq_ignore_ascii_case(XML_DEFAULT) {
+            return self.xml_default(&view, &snap);
         }
-        let name = names::device_file_name(&device.name);
-        add(
-            name.clone(),
-            try_render(device, snap)?.into_bytes(),
-            Some(device.owner.clone()),
-            crate::CONTENT_TYPE,
-        );
-        listed.push(name);
+        if key.eq_ignore_ascii_case(CACHE_LIST) {
+            return self.cache_list(&snap);
+        }
+        let device = key
+            .strip_suffix(DEVICE_SUFFIX)
+            .and_then(|stem| snap.device(stem))
+            .filter(|d| names::device_kind(&d.name).is_some())
+            .ok_or(LookupError::NotFound)?;
+        let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
+        if let Some(file) = read(shard).hit(&key, device, view.epoch) {
+            return Ok(file);
+        }
+        // Rendered outside any lock: two requests for the same new file may both render it, and
+        // the second to finish serves the first one's file.
+        let rendered = Rendered {
+            name: names::device_file_name(&device.name),
+            body: try_render(device, &snap)
+                .map_err(render_failed)?
+                .into_bytes(),
+            owner: Some(device.owner.clone()),
+            content_type: crate::CONTENT_TYPE,
+        };
+        let now = whole_seconds(SystemTime::now());
+        Ok(write(shard).put(
+            &key,
+            device,
+            &view,
+            snap.generation,
+            rendered,
+            now,
+            self.shard_budget,
+            &snap,
+        ))
     }
-    add(
-        XML_DEFAULT.to_string(),
-        render_default_config(snap)?.into_bytes(),
-        None,
-        crate::CONTENT_TYPE,
-    );
-    listed.sort_by_key(|n| n.to_ascii_lowercase());
-    let list: String = listed.iter().map(|n| format!("{n}\n")).collect();
-    add(
-        CACHE_LIST.to_string(),
-        list.into_bytes(),
-        None,
-        "text/plain",
-    );
-    Ok(FileSet {
-        generation: snap.generation,
-        files,
-    })
+
+    /// The current snapshot and its settings epoch.
+    fn current(&self) -> (Arc<View>, Arc<DirectorySnapshot>) {
+        // The view first: a snapshot loaded after it is at least as new as the one it was made
+        // from, so equal generations mean this epoch is this snapshot's.
+        let view = self.view.load_full();
+        let snap = self.directory.snapshot();
+        if view.generation == snap.generation {
+            return (view, snap);
+        }
+        let _one = lock(&self.view_update);
+        let view = self.view.load_full();
+        let snap = self.directory.snapshot();
+        if view.generation == snap.generation {
+            return (view, snap);
+        }
+        // Tens of nodes at most: comparing them once per directory change is cheap.
+        let settings = Settings::of(&snap);
+        let epoch = if settings == view.settings {
+            view.epoch
+        } else {
+            view.epoch + 1
+        };
+        let next = Arc::new(View {
+            generation: snap.generation,
+            epoch,
+            settings,
+        });
+        self.view.store(next.clone());
+        (next, snap)
+    }
+
+    fn xml_default(
+        &self,
+        view: &View,
+        snap: &DirectorySnapshot,
+    ) -> Result<Arc<ConfigFile>, LookupError> {
+        derived(&self.xml_default, view.epoch, || {
+            Ok(Rendered {
+                name: XML_DEFAULT.to_string(),
+                body: render_default_config(snap)?.into_bytes(),
+                owner: None,
+                content_type: crate::CONTENT_TYPE,
+            })
+        })
+    }
+
+    /// `ConfigFileCacheList.txt`: the names of the files served, from the device names alone.
+    fn cache_list(&self, snap: &DirectorySnapshot) -> Result<Arc<ConfigFile>, LookupError> {
+        derived(&self.cache_list, snap.generation, || {
+            let mut listed: Vec<String> = snap
+                .all_devices()
+                .filter(|d| names::device_kind(&d.name).is_some())
+                .map(|d| names::device_file_name(&d.name))
+                .collect();
+            listed.push(XML_DEFAULT.to_string());
+            listed.sort_by_cached_key(|n| n.to_ascii_lowercase());
+            let mut body = Vec::with_capacity(listed.iter().map(|n| n.len() + 1).sum());
+            for name in &listed {
+                body.extend_from_slice(name.as_bytes());
+                body.push(b'\n');
+            }
+            Ok(Rendered {
+                name: CACHE_LIST.to_string(),
+                body,
+                owner: None,
+                content_type: "text/plain",
+            })
+        })
+    }
 }
 
-fn etag(body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+/// The file in `slot` if it was made from `made_from` or later, else a new one from `render`
+/// (one file, rendered under its own lock: requests for it wait rather than render it twice).
+fn derived(
+    slot: &Mutex<Option<Derived>>,
+    made_from: u64,
+    render: impl FnOnce() -> Result<Rendered, RenderError>,
+) -> Result<Arc<ConfigFile>, LookupError> {
+    let mut slot = lock(slot);
+    if let Some(d) = slot.as_ref().filter(|d| d.made_from >= made_from) {
+        return Ok(d.file.clone());
+    }
+    let rendered = render().map_err(render_failed)?;
+    let previous = slot.as_ref().map(|d| (d.digest, d.file.last_modified));
+    let (digest, file) = rendered.into_file(previous, whole_seconds(SystemTime::now()));
+    *slot = Some(Derived {
+        made_from,
+        digest,
+        file: file.clone(),
+    });
+    Ok(file)
+}
+
+fn render_failed(e: RenderError) -> LookupError {
+    tracing::error!(error = %e, "cannot render a device config file");
+    LookupError::Render
+}
+
+/// Records of a shard kept without pruning: twice its share of the devices, plus some slack.
+fn prune_floor(snap: &DirectorySnapshot) -> usize {
+    2 * snap.device_count() / SHARDS + PRUNE_SLACK
+}
+
+fn weight_of(file: &ConfigFile) -> usize {
+    FILE_OVERHEAD
+        + file.body.len()
+        + file.name.len()
+        + file.etag.len()
+        + file.owner.as_ref().map_or(0, String::len)
+}
+
+// A poisoned lock only means a request panicked while holding it. The worst it can leave behind is
+// a miscounted cache size; serving on beats refusing every later request.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read(s: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    s.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(s: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    s.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first 16 bytes of the body's SHA-256: what the ETag shows.
+fn digest(body: &[u8]) -> [u8; 16] {
+    let mut d = [0; 16];
+    d.copy_from_slice(&Sha256::digest(body)[..16]);
+    d
+}
+
+fn etag_of(digest: &[u8; 16]) -> String {
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("\"{hex}\"")
+}
+
+#[cfg(test)]
+fn etag(body: &[u8]) -> String {
+    etag_of(&digest(body))
 }
 
 fn whole_seconds(t: SystemTime) -> SystemTime {
@@ -254,23 +609,38 @@ fn whole_seconds(t: SystemTime) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{fixture, node, parse};
-    use sipreg_store::{Device, Line, Store};
+    use crate::test_support::{fixture, node, parse, Fixture};
+    use sipreg_store::{Change, Line, ProfileTransport, SecurityProfile, Store};
+
+    fn device(name: &str, dns: &[&str], profile: &str) -> Device {
+        Device {
+            name: name.into(),
+            owner: "jdoe".into(),
+            lines: dns
+                .iter()
+                .map(|dn| Line {
+                    dn: (*dn).into(),
+                    display_name: None,
+                })
+                .collect(),
+            oauth: true,
+            updated_at: 2,
+            model: String::new(),
+            profile: profile.into(),
+        }
+    }
+
+    async fn apply(f: &Fixture, change: Change) {
+        f.directory
+            .apply(f.store.as_ref(), &[change])
+            .await
+            .unwrap();
+    }
 
     #[tokio::test]
-    async fn files_are_rendered_once_per_generation_and_looked_up_case_insensitively() {
+    async fn files_are_rendered_once_and_looked_up_case_insensitively() {
         let f = fixture(true).await;
         let files = ConfigFiles::new(f.directory.clone());
-        let a = files.files().unwrap();
-        let b = files.files().unwrap();
-        assert!(
-            Arc::ptr_eq(&a, &b),
-            "same generation: same set, no re-render"
-        );
-        assert_eq!(a.generation, f.directory.snapshot().generation);
-        // Two devices, XMLDefault, the list.
-        assert_eq!(a.len(), 4);
-
         let csf = files.lookup("csfJDOE.CNF.xml").unwrap();
         assert_eq!(csf.name, "CSFjdoe.cnf.xml");
         assert_eq!(csf.owner.as_deref(), Some("jdoe"));
@@ -279,10 +649,15 @@ mod tests {
             &*csf.body,
             crate::render_device_config(snap.device("CSFjdoe").unwrap(), &snap).as_bytes()
         );
+        assert!(
+            Arc::ptr_eq(&csf, &files.lookup("/CSFjdoe.cnf.xml").unwrap()),
+            "nothing changed: the cached file, not a new render"
+        );
         assert!(Arc::ptr_eq(
-            &csf,
-            &files.lookup("/CSFjdoe.cnf.xml").unwrap()
+            &files.lookup("XMLDefault.cnf.xml").unwrap(),
+            &files.lookup("xmldefault.CNF.XML").unwrap()
         ));
+        assert!(files.cached_bytes() > csf.body.len());
 
         assert_eq!(
             files.lookup("CSFnobody.cnf.xml"),
@@ -296,6 +671,7 @@ mod tests {
             files.lookup("CSFjdoe.cnf.xml.sgn"),
             Err(LookupError::NotFound)
         );
+        assert_eq!(files.lookup("CSFjdoe"), Err(LookupError::NotFound));
     }
 
     #[tokio::test]
@@ -304,15 +680,8 @@ mod tests {
         f.store
             .create_device(&Device {
                 name: "deskphone7".into(),
-                owner: "jdoe".into(),
-                lines: vec![Line {
-                    dn: "1099".into(),
-                    display_name: None,
-                }],
                 oauth: false,
-                updated_at: 2,
-                model: String::new(),
-                profile: String::new(),
+                ..device("deskphone7", &["1099"], "")
             })
             .await
             .unwrap();
@@ -334,6 +703,28 @@ mod tests {
             files.lookup("deskphone7.cnf.xml"),
             Err(LookupError::NotFound)
         );
+        assert_eq!(
+            files.lookup("deskphone7"),
+            Err(LookupError::NotFound),
+            "a device name alone is no file"
+        );
+
+        // A new device is listed on the next fetch; the list keeps its date while it is the same.
+        f.store
+            .create_device(&device("TCTnew", &["1098"], ""))
+            .await
+            .unwrap();
+        apply(&f, Change::Device("TCTnew".into())).await;
+        let list2 = files.lookup("ConfigFileCacheList.txt").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&list2.body).unwrap(),
+            "CSFjdoe.cnf.xml\nSEP001122334455.cnf.xml\nTCTnew.cnf.xml\nXMLDefault.cnf.xml\n"
+        );
+        assert!(list2.last_modified > list.last_modified);
+        apply(&f, Change::Device("CSFjdoe".into())).await;
+        let list3 = files.lookup("ConfigFileCacheList.txt").unwrap();
+        assert_eq!(list3.etag, list2.etag);
+        assert_eq!(list3.last_modified, list2.last_modified);
     }
 
     #[tokio::test]
@@ -371,20 +762,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_change_renders_again_and_only_changed_files_get_new_tags() {
+    async fn settings_changes_render_again_and_only_changed_files_get_new_tags() {
         let f = fixture(true).await;
         let files = ConfigFiles::new(f.directory.clone());
-        let before = files.files().unwrap();
-        let csf = before.get("csfjdoe.cnf.xml").unwrap().clone();
-        let sep = before.get("sep001122334455.cnf.xml").unwrap().clone();
+        let csf = files.lookup("CSFjdoe.cnf.xml").unwrap();
+        let sep = files.lookup("SEP001122334455.cnf.xml").unwrap();
+        let default = files.lookup("XMLDefault.cnf.xml").unwrap();
 
-        // The SEP device opts out of OAuth, so turning the cluster off changes only the CSF file.
+        // The SEP device opts out of OAuth, so turning the cluster off changes only the CSF file
+        // (and XMLDefault).
         f.store.set_oauth_mode(false).await.unwrap();
-        f.directory.reload(f.store.as_ref()).await.unwrap();
-        let after = files.files().unwrap();
-        assert_eq!(after.generation, before.generation + 1);
-        let csf2 = after.get("csfjdoe.cnf.xml").unwrap();
-        let sep2 = after.get("sep001122334455.cnf.xml").unwrap();
+        apply(&f, Change::Cluster).await;
+        let csf2 = files.lookup("CSFjdoe.cnf.xml").unwrap();
+        let sep2 = files.lookup("SEP001122334455.cnf.xml").unwrap();
+        assert_eq!(
+            parse(std::str::from_utf8(&csf2.body).unwrap()).at(&["sipOAuthMode"]),
+            "0"
+        );
         assert_ne!(csf2.etag, csf.etag);
         assert!(
             csf2.last_modified > csf.last_modified,
@@ -392,19 +786,192 @@ mod tests {
         );
         assert_eq!(sep2.etag, sep.etag);
         assert_eq!(sep2.last_modified, sep.last_modified);
+        let default2 = files.lookup("XMLDefault.cnf.xml").unwrap();
+        assert_ne!(default2.etag, default.etag);
+        assert!(default2.last_modified > default.last_modified);
 
         // A node's ports change every file that lists the node.
         f.store
             .upsert_node(&node("b-sub", "10.0.0.2", 7060))
             .await
             .unwrap();
-        f.directory.reload(f.store.as_ref()).await.unwrap();
-        let third = files.files().unwrap();
-        assert_ne!(third.get("sep001122334455.cnf.xml").unwrap().etag, sep.etag);
+        apply(&f, Change::Node("b-sub".into())).await;
+        let sep3 = files.lookup("sep001122334455.cnf.xml").unwrap();
+        assert_ne!(sep3.etag, sep.etag);
+        assert!(std::str::from_utf8(&sep3.body)
+            .unwrap()
+            .contains("<sipPort>7060</sipPort>"));
         assert_ne!(
-            third.get("xmldefault.cnf.xml").unwrap().etag,
-            before.get("xmldefault.cnf.xml").unwrap().etag
+            files.lookup("xmldefault.cnf.xml").unwrap().etag,
+            default2.etag
         );
+
+        // A full reload hands out new `Arc<Device>`s: rendered again, same bytes, same dates.
+        f.directory.reload(f.store.as_ref()).await.unwrap();
+        let sep4 = files.lookup("sep001122334455.cnf.xml").unwrap();
+        assert!(!Arc::ptr_eq(&sep4, &sep3));
+        assert_eq!(
+            (&sep4.etag, sep4.last_modified),
+            (&sep3.etag, sep3.last_modified)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_change_renders_that_device_only() {
+        let f = fixture(true).await;
+        let files = ConfigFiles::new(f.directory.clone());
+        let csf = files.lookup("CSFjdoe.cnf.xml").unwrap();
+        let sep = files.lookup("SEP001122334455.cnf.xml").unwrap();
+
+        let mut changed = f
+            .directory
+            .snapshot()
+            .device("SEP001122334455")
+            .unwrap()
+            .as_ref()
+            .clone();
+        changed.lines.push(Line {
+            dn: "1013".into(),
+            display_name: Some("Second".into()),
+        });
+        f.store.update_device(&changed).await.unwrap();
+        apply(&f, Change::Device("SEP001122334455".into())).await;
+
+        let sep2 = files.lookup("SEP001122334455.cnf.xml").unwrap();
+        assert_ne!(sep2.etag, sep.etag);
+        assert!(sep2.last_modified > sep.last_modified);
+        let xml = std::str::from_utf8(&sep2.body).unwrap();
+        assert_eq!(
+            parse(xml)
+                .one("sipProfile")
+                .one("sipLines")
+                .all("line")
+                .count(),
+            2
+        );
+        assert!(xml.contains("Second"), "{xml}");
+        assert!(
+            Arc::ptr_eq(&csf, &files.lookup("CSFjdoe.cnf.xml").unwrap()),
+            "the untouched device keeps its cached file"
+        );
+
+        // Deleted: gone at once.
+        f.store.delete_device("SEP001122334455").await.unwrap();
+        apply(&f, Change::Device("SEP001122334455".into())).await;
+        assert_eq!(
+            files.lookup("SEP001122334455.cnf.xml"),
+            Err(LookupError::NotFound)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_security_profile_change_reaches_its_devices_files() {
+        let f = fixture(true).await;
+        let mut profile = SecurityProfile {
+            name: "jabber-oauth".into(),
+            description: String::new(),
+            oauth: true,
+            digest: false,
+            transport: ProfileTransport::Tls,
+        };
+        f.store.create_profile(&profile).await.unwrap();
+        f.store
+            .create_device(&device("BOTjdoe", &["1020"], "jabber-oauth"))
+            .await
+            .unwrap();
+        apply(&f, Change::Device("BOTjdoe".into())).await;
+        let files = ConfigFiles::new(f.directory.clone());
+        let mode = |file: &ConfigFile| {
+            parse(std::str::from_utf8(&file.body).unwrap())
+                .at(&["sipOAuthMode"])
+                .to_string()
+        };
+        let bot = files.lookup("BOTjdoe.cnf.xml").unwrap();
+        assert_eq!(mode(&bot), "1");
+        let csf = files.lookup("CSFjdoe.cnf.xml").unwrap();
+
+        profile.oauth = false;
+        f.store.update_profile(&profile).await.unwrap();
+        apply(&f, Change::Profile("jabber-oauth".into())).await;
+        let bot2 = files.lookup("BOTjdoe.cnf.xml").unwrap();
+        assert_eq!(mode(&bot2), "0");
+        assert!(bot2.last_modified > bot.last_modified);
+        assert!(Arc::ptr_eq(&csf, &files.lookup("CSFjdoe.cnf.xml").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_and_an_evicted_file_keeps_its_validators() {
+        let f = fixture(true).await;
+        for i in 0..64 {
+            f.store
+                .create_device(&device(&format!("TABdev{i}"), &[&format!("2{i:03}")], ""))
+                .await
+                .unwrap();
+        }
+        f.directory.reload(f.store.as_ref()).await.unwrap();
+        // Room for about two files per shard: most of the 64 are evicted.
+        let budget = SHARDS * 5_000;
+        let files = ConfigFiles::new(f.directory.clone()).with_cache_bytes(budget);
+        let first: Vec<_> = (0..64)
+            .map(|i| files.lookup(&format!("TABdev{i}.cnf.xml")).unwrap())
+            .collect();
+        assert!(files.cached_bytes() <= budget, "{}", files.cached_bytes());
+        assert!(files.cached_bytes() > 0);
+        let again: Vec<_> = (0..64)
+            .map(|i| files.lookup(&format!("tabDEV{i}.cnf.xml")).unwrap())
+            .collect();
+        assert!(
+            first.iter().zip(&again).any(|(a, b)| !Arc::ptr_eq(a, b)),
+            "some files were evicted and rendered again"
+        );
+        for (a, b) in first.iter().zip(&again) {
+            assert_eq!(a.body, b.body);
+            assert_eq!((&a.etag, a.last_modified), (&b.etag, b.last_modified));
+        }
+        assert!(files.cached_bytes() <= budget);
+
+        // Changed while evicted: new bytes and a strictly later date on the next fetch.
+        let mut changed = device("TABdev0", &["2000"], "");
+        changed.lines[0].display_name = Some("Renamed".into());
+        f.store.update_device(&changed).await.unwrap();
+        apply(&f, Change::Device("TABdev0".into())).await;
+        for i in 1..64 {
+            files.lookup(&format!("TABdev{i}.cnf.xml")).unwrap();
+        }
+        let changed = files.lookup("TABdev0.cnf.xml").unwrap();
+        assert!(std::str::from_utf8(&changed.body)
+            .unwrap()
+            .contains("Renamed"));
+        assert!(changed.last_modified > first[0].last_modified);
+
+        // A file bigger than a whole shard is served but not kept.
+        let tiny = ConfigFiles::new(f.directory.clone()).with_cache_bytes(SHARDS * 100);
+        let a = tiny.lookup("CSFjdoe.cnf.xml").unwrap();
+        assert_eq!(tiny.cached_bytes(), 0);
+        let b = tiny.lookup("CSFjdoe.cnf.xml").unwrap();
+        assert_eq!((&a.etag, a.last_modified), (&b.etag, b.last_modified));
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_fetches_serve_one_version() {
+        let f = fixture(true).await;
+        let files = Arc::new(ConfigFiles::new(f.directory.clone()));
+        let got: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| files.lookup("CSFjdoe.cnf.xml").unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for g in &got {
+            assert_eq!(
+                (&g.etag, g.last_modified),
+                (&got[0].etag, got[0].last_modified)
+            );
+        }
+        assert!(Arc::ptr_eq(
+            &files.lookup("CSFjdoe.cnf.xml").unwrap(),
+            &files.lookup("CSFjdoe.cnf.xml").unwrap()
+        ));
     }
 
     #[test]

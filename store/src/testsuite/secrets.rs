@@ -20,7 +20,10 @@ async fn the_digest_nonce_secret_survives_reopening_the_sqlite_file() {
     assert_eq!(first.digest_nonce_secret([5; 32]).await.unwrap(), [5; 32]);
     drop(first);
     let reopened = SqliteStore::open(&path).unwrap();
-    assert_eq!(reopened.digest_nonce_secret([6; 32]).await.unwrap(), [5; 32]);
+    assert_eq!(
+        reopened.digest_nonce_secret([6; 32]).await.unwrap(),
+        [5; 32]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +35,10 @@ async fn two_nodes_starting_at_once_get_one_digest_nonce_secret() {
         let url = server.fresh_db().await;
         let a = PostgresStore::connect(&url).await.unwrap();
         let b = PostgresStore::connect(&url).await.unwrap();
-        let (sa, sb) = tokio::join!(a.digest_nonce_secret([3; 32]), b.digest_nonce_secret([4; 32]));
+        let (sa, sb) = tokio::join!(
+            a.digest_nonce_secret([3; 32]),
+            b.digest_nonce_secret([4; 32])
+        );
         let (sa, sb) = (sa.unwrap(), sb.unwrap());
         assert_eq!(sa, sb);
         assert!(sa == [3; 32] || sa == [4; 32], "{sa:?}");
