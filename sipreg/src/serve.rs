@@ -338,7 +338,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         .map_err(|e| format!("reading the Digest nonce secret: {e}"))?;
     let registrar = Arc::new(
         Registrar::new(reg_cfg, directory.clone(), Arc::new(validator))
-            .with_digest_secret(rand::random()),
+            .with_digest_secret(digest_secret),
     );
     // Bindings from before a restart come back with their remaining lifetime, before any listener opens.
     let restored = registrar
