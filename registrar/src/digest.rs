@@ -1,10 +1,14 @@
 //! HTTP Digest authentication for the legacy SIP ports (RFC 3261 §22, RFC 7616): MD5 and
 //! SHA-256 with `qop=auth`, one challenge per algorithm (SHA-256 first).
 //!
-//! Nonces are stateless: `base64url(issued-at ‖ salt ‖ HMAC-SHA256(secret, issued-at ‖ salt ‖
-//! realm)[..16])` with a random 8-byte salt, so every challenge is unique,
-//! so any node holding the secret can check one and an old one is answered with `stale=true`.
-//! Replays are stopped by remembering, per nonce still in its lifetime, the highest `nc` seen.
+//! Nonces are stateless: `base64url(issued-at ‖ tag ‖ salt ‖ HMAC-SHA256(secret, issued-at ‖ tag ‖
+//! salt ‖ realm)[..16])` with a random 8-byte salt, so every challenge is unique, and the issuing
+//! process's random 8-byte tag. Replays are stopped by remembering, per nonce still in its lifetime,
+//! the highest `nc` seen; that memory is this process's only, so only nonces carrying its own tag
+//! are accepted. A nonce signed with the cluster's secret but tagged by another node (or by this
+//! node before a restart) is never accepted: answered correctly, it gets a fresh challenge with
+//! `stale=true` (RFC 7616 §3.3), so the phone retries without asking for the password, and a
+//! REGISTER captured on plain UDP/TCP cannot be replayed to another node or after a restart.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -20,6 +24,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Length of the random salt of a nonce, in bytes.
 const NONCE_SALT_LEN: usize = 8;
+/// Length of the per-process tag of a nonce, in bytes.
+const NONCE_TAG_LEN: usize = 8;
 /// Length of the HMAC part of a nonce, in bytes.
 const NONCE_MAC_LEN: usize = 16;
 /// Most nonces whose `nc` is tracked at once; beyond it, new nonces are refused as stale.
@@ -78,6 +84,11 @@ pub enum DigestError {
     /// Our nonce, but past its lifetime: challenge again with `stale=true`.
     #[error("stale nonce")]
     Stale,
+    /// Signed with the cluster's secret and answered correctly, but issued by another node or by
+    /// this one before a restart, so its `nc` history is not known here: never accepted,
+    /// challenged again with `stale=true` like [`Stale`](Self::Stale).
+    #[error("nonce issued by another node or before a restart")]
+    OtherNode,
     /// `nc` not higher than one already used with this nonce: a replay.
     #[error("nonce count replayed")]
     Replay,
@@ -171,6 +182,8 @@ impl DigestResponse {
 /// store, or random per process ([`DigestAuth::random`], for tests); `Debug` never shows it.
 pub struct DigestAuth {
     secret: [u8; 32],
+    /// This process's random tag, in every nonce it issues: `seen` only knows those.
+    tag: [u8; NONCE_TAG_LEN],
     nonce_ttl: i64,
     /// nonce → (issued at, highest nc seen).
     seen: DashMap<String, (i64, u32)>,
@@ -192,6 +205,7 @@ impl DigestAuth {
     pub fn new(secret: [u8; 32], nonce_ttl_secs: u32) -> Self {
         DigestAuth {
             secret,
+            tag: rand::random(),
             nonce_ttl: i64::from(nonce_ttl_secs),
             seen: DashMap::new(),
             algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
@@ -213,13 +227,14 @@ impl DigestAuth {
         Self::new(rand::random(), nonce_ttl_secs)
     }
 
-    fn mac(&self, issued: i64, salt: &[u8], realm: &str) -> [u8; NONCE_MAC_LEN] {
+    fn mac(&self, issued: i64, tag: &[u8], salt: &[u8], realm: &str) -> [u8; NONCE_MAC_LEN] {
         // HMAC accepts keys of any length: `new_from_slice` cannot fail.
         let mut mac = match HmacSha256::new_from_slice(&self.secret) {
             Ok(m) => m,
             Err(_) => return [0; NONCE_MAC_LEN],
         };
         mac.update(&issued.to_be_bytes());
+        mac.update(tag);
         mac.update(salt);
         mac.update(realm.as_bytes());
         let full = mac.finalize().into_bytes();
@@ -232,28 +247,30 @@ impl DigestAuth {
     pub fn nonce(&self, realm: &str, now: i64) -> String {
         let salt: [u8; NONCE_SALT_LEN] = rand::random();
         let mut raw = now.to_be_bytes().to_vec();
+        raw.extend_from_slice(&self.tag);
         raw.extend_from_slice(&salt);
-        raw.extend_from_slice(&self.mac(now, &salt, realm));
+        raw.extend_from_slice(&self.mac(now, &self.tag, &salt, realm));
         URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// When a nonce of ours was issued; `Err(BadNonce)` if it is not ours.
-    fn nonce_issued(&self, nonce: &str, realm: &str) -> Result<i64, DigestError> {
+    /// When a nonce signed with our secret was issued, and whether this process issued it (its
+    /// tag is ours); `Err(BadNonce)` if the secret did not sign it.
+    fn nonce_issued(&self, nonce: &str, realm: &str) -> Result<(i64, bool), DigestError> {
         let raw = URL_SAFE_NO_PAD
             .decode(nonce)
             .map_err(|_| DigestError::BadNonce)?;
-        if raw.len() != 8 + NONCE_SALT_LEN + NONCE_MAC_LEN {
+        if raw.len() != 8 + NONCE_TAG_LEN + NONCE_SALT_LEN + NONCE_MAC_LEN {
             return Err(DigestError::BadNonce);
         }
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&raw[..8]);
         let issued = i64::from_be_bytes(ts);
-        let salt = &raw[8..8 + NONCE_SALT_LEN];
-        let mac = self.mac(issued, salt, realm);
-        if !bool::from(mac.ct_eq(&raw[8 + NONCE_SALT_LEN..])) {
+        let (tag, rest) = raw[8..].split_at(NONCE_TAG_LEN);
+        let (salt, mac) = rest.split_at(NONCE_SALT_LEN);
+        if !bool::from(self.mac(issued, tag, salt, realm).ct_eq(mac)) {
             return Err(DigestError::BadNonce);
         }
-        Ok(issued)
+        Ok((issued, tag == self.tag))
     }
 
     /// `WWW-Authenticate` values: SHA-256 first, then MD5 (RFC 7616 §3.7: preferred first).
@@ -288,7 +305,7 @@ impl DigestAuth {
         if !self.algorithms.contains(&resp.algorithm) {
             return Err(DigestError::Unsupported);
         }
-        let issued = self.nonce_issued(&resp.nonce, realm)?;
+        let (issued, ours) = self.nonce_issued(&resp.nonce, realm)?;
         if issued > now + FUTURE_SKEW {
             return Err(DigestError::BadNonce);
         }
@@ -307,6 +324,11 @@ impl DigestAuth {
         // Only a correct response is worth telling apart from a stale one (RFC 7616 §3.3).
         if now - issued > self.nonce_ttl {
             return Err(DigestError::Stale);
+        }
+        // Another node's (or a past process's) nonce: its counts are not known here, so accepting
+        // it would let a captured request be replayed once; a fresh challenge costs one round trip.
+        if !ours {
+            return Err(DigestError::OtherNode);
         }
         self.check_nc(&resp.nonce, issued, resp.nc, now)
     }
@@ -509,25 +531,59 @@ response=\"{response}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc={nc:08x}"
     }
 
     #[test]
-    fn nodes_sharing_the_secret_accept_each_others_nonces_and_debug_hides_it() {
+    fn another_nodes_nonce_is_stale_never_accepted_and_debug_hides_the_secret() {
+        // Two nodes (or one before and after a restart) sharing the secret.
         let (a, b) = (
             DigestAuth::new([0xab; 32], 300),
             DigestAuth::new([0xab; 32], 300),
         );
         let stored = ha1(Algorithm::Sha256, "1010", REALM, "secret");
         let nonce = a.nonce(REALM, NOW);
-        let resp = DigestResponse::parse(&client(Algorithm::Sha256, &nonce, 1, "secret"))
-            .unwrap()
-            .unwrap();
-        b.verify(
-            &resp,
-            "REGISTER",
-            "sip:example.com",
-            REALM,
-            &stored,
-            NOW + 1,
-        )
-        .unwrap();
+        let answer = |nonce: &str, nc, password| {
+            DigestResponse::parse(&client(Algorithm::Sha256, nonce, nc, password))
+                .unwrap()
+                .unwrap()
+        };
+        let check = |auth: &DigestAuth, resp: &DigestResponse, now| {
+            auth.verify(resp, "REGISTER", "sip:example.com", REALM, &stored, now)
+        };
+        let resp = answer(&nonce, 1, "secret");
+        // Correct: stale, not unknown; every time, so a captured request never registers on b.
+        for _ in 0..2 {
+            assert_eq!(check(&b, &resp, NOW + 1), Err(DigestError::OtherNode));
+        }
+        assert_ne!(DigestError::OtherNode, DigestError::BadNonce);
+        // Wrong password: the ordinary failure; past its lifetime: stale as before.
+        assert_eq!(
+            check(&b, &answer(&nonce, 2, "guess"), NOW + 1),
+            Err(DigestError::WrongResponse)
+        );
+        assert_eq!(check(&b, &resp, NOW + 301), Err(DigestError::Stale));
+        // The issuing node still accepts it, once per count.
+        check(&a, &resp, NOW + 1).unwrap();
+        assert_eq!(check(&a, &resp, NOW + 2), Err(DigestError::Replay));
+        // b's own nonce is accepted by b.
+        check(&b, &answer(&b.nonce(REALM, NOW), 1, "secret"), NOW + 1).unwrap();
+        // The tag is signed: a's nonce with b's tag put in, or with any byte changed, is forged.
+        let mut raw = URL_SAFE_NO_PAD.decode(&nonce).unwrap();
+        raw[8..8 + NONCE_TAG_LEN].copy_from_slice(&b.tag);
+        let retagged = URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(
+            check(&b, &answer(&retagged, 1, "secret"), NOW + 1),
+            Err(DigestError::BadNonce)
+        );
+        for i in 0..raw.len() {
+            let mut raw = URL_SAFE_NO_PAD.decode(&nonce).unwrap();
+            raw[i] ^= 1;
+            let forged = URL_SAFE_NO_PAD.encode(&raw);
+            for auth in [&a, &b] {
+                assert_eq!(
+                    check(auth, &answer(&forged, 1, "secret"), NOW + 1),
+                    Err(DigestError::BadNonce),
+                    "byte {i}"
+                );
+            }
+        }
         let shown = format!("{a:?}");
         assert!(
             !shown.contains("171") && !shown.contains("secret"),

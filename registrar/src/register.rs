@@ -662,6 +662,12 @@ fn digest_step(
     ) {
         Ok(()) => {}
         Err(DigestError::Stale) => return Err(challenge(true)),
+        // A correct answer to another node's nonce (failover, a restart): the phone retries on
+        // ours without a password prompt; not a failed authentication.
+        Err(DigestError::OtherNode) => {
+            tracing::debug!(username = %creds.username, "digest: nonce of another node, challenged as stale");
+            return Err(challenge(true));
+        }
         Err(e) => {
             tracing::debug!(username = %creds.username, error = %e, "digest rejected");
             return Err(challenge(false)
@@ -1073,6 +1079,8 @@ mod tests {
         status: u16,
         reason: String,
         text: String,
+        /// The failed check, when the answer refuses the REGISTER (counted and logged).
+        rejected: Option<&'static str>,
     }
 
     impl Resp {
@@ -1129,6 +1137,7 @@ mod tests {
                 status,
                 reason: parts.next().unwrap().to_owned(),
                 text,
+                rejected: r.rejection.map(|rej| rej.check),
             })
         }
         /// A REGISTER for 1010@example.com with `extra` headers.
@@ -1697,6 +1706,37 @@ uri=\"sip:example.com\", response=\"{resp}\", algorithm={}, qop=auth, nc={nc:08x
             reg(&h, "3030", 10, &format!("{replay}Contact: <sip:x@h>\r\n")).status,
             401
         );
+        assert_eq!(h.loc.len(), 1);
+    }
+
+    #[test]
+    fn legacy_nonce_of_another_node_is_challenged_as_stale_then_ours_registers() {
+        let mut h = legacy();
+        let c = reg(&h, "3030", 1, "");
+        // The phone's answer reaches another node with the same secret (or this one restarted).
+        h.digest = DigestAuth::new([9; 32], 300);
+        let contact = "Contact: <sip:3030@10.0.0.1:5000>\r\n";
+        let auth = digest_answer(&c, "3030", "pw", Algorithm::Sha256, 1);
+        let stale = reg(&h, "3030", 2, &format!("{auth}{contact}"));
+        assert_eq!(stale.status, 401, "{}", stale.text);
+        assert_eq!(stale.rejected, None, "a correct password is no failure");
+        let www = stale.headers("WWW-Authenticate");
+        assert!(www.len() == 2 && www.iter().all(|w| w.ends_with(", stale=true")));
+        assert!(h.loc.is_empty());
+        // The same captured request again: still not accepted.
+        assert_eq!(reg(&h, "3030", 2, &format!("{auth}{contact}")).status, 401);
+        // A wrong password on that nonce is the ordinary failure.
+        let bad = digest_answer(&c, "3030", "nope", Algorithm::Sha256, 2);
+        let r = reg(&h, "3030", 3, &format!("{bad}{contact}"));
+        assert_eq!((r.status, r.rejected), (401, Some("digest_failed")));
+        assert!(r
+            .headers("WWW-Authenticate")
+            .iter()
+            .all(|w| !w.contains("stale")));
+        // The retry on this node's nonce registers.
+        let auth = digest_answer(&stale, "3030", "pw", Algorithm::Sha256, 1);
+        let r = reg(&h, "3030", 4, &format!("{auth}{contact}"));
+        assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(h.loc.len(), 1);
     }
 

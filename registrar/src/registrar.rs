@@ -90,7 +90,9 @@ impl Registrar {
     }
 
     /// Uses `secret` for Digest nonces instead of a random one: the cluster's shared secret, so
-    /// a nonce one node issued is checked by every node, also after a restart.
+    /// every node (also after a restart) can tell a nonce the cluster issued from a forged one
+    /// and answers another node's nonce with `stale=true`, a fresh challenge without a password
+    /// prompt, never with acceptance (its `nc` is tracked on the node that issued it).
     pub fn with_digest_secret(mut self, secret: [u8; 32]) -> Self {
         self.digest = DigestAuth::new(secret, self.config.nonce_ttl)
             .with_algorithms(&self.config.digest_algorithms);

@@ -2,7 +2,8 @@
 //! PostgreSQL database that this test starts (Debian's `postgresql` package; skipped when it is
 //! missing, a failure when `CI=true`). Changes made through node A's API reach node B within a
 //! second, tokens from A register on B, a refresh race across the nodes has one winner, and a
-//! Digest nonce node A issued is accepted by node B (and, on SQLite, by a node after a restart).
+//! Digest nonce node A issued is answered by node B (and, on SQLite, by a node after a restart)
+//! with a `stale=true` challenge, never accepted, so a captured REGISTER cannot be replayed there.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -466,19 +467,28 @@ async fn a_refresh_token_used_on_both_nodes_at_once_has_one_winner() {
     }
 }
 
-/// A REGISTER for line 7100 over UDP to `port`, with `authorization` when given; the answer's text.
-fn register_udp(sock: &std::net::UdpSocket, port: u16, cseq: u32, authorization: &str) -> String {
+/// A REGISTER for line 7100 from `sock`, with `authorization` when given.
+fn register_request(sock: &std::net::UdpSocket, cseq: u32, authorization: &str) -> String {
     let me = sock.local_addr().unwrap();
-    let req = format!(
+    format!(
         "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKnonce{cseq};rport\r\n\
          Max-Forwards: 70\r\nFrom: <sip:7100@localhost>;tag=n\r\nTo: <sip:7100@localhost>\r\n\
          Call-ID: shared-nonce\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:7100@{me}>\r\n{authorization}\
          Content-Length: 0\r\n\r\n"
-    );
+    )
+}
+
+/// Sends `req` over UDP to `port`; the answer's text.
+fn send_udp(sock: &std::net::UdpSocket, port: u16, req: &str) -> String {
     sock.send_to(req.as_bytes(), ("127.0.0.1", port)).unwrap();
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).expect("a UDP answer");
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// A REGISTER for line 7100 over UDP to `port`, with `authorization` when given; the answer's text.
+fn register_udp(sock: &std::net::UdpSocket, port: u16, cseq: u32, authorization: &str) -> String {
+    send_udp(sock, port, &register_request(sock, cseq, authorization))
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -499,9 +509,26 @@ fn sha256_nonce(answer: &str) -> String {
     line[start..].split('"').next().unwrap().to_owned()
 }
 
+/// Whether `answer` is a 401 whose every challenge says `stale=true` (RFC 7616 §3.3: the phone
+/// retries with the new nonce without asking for the password).
+fn is_stale_challenge(answer: &str) -> bool {
+    let www: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("WWW-Authenticate:"))
+        .collect();
+    answer.starts_with("SIP/2.0 401")
+        && !www.is_empty()
+        && www.iter().all(|l| l.ends_with(", stale=true"))
+}
+
 /// An `Authorization` header line answering `nonce` with `nc` (RFC 7616 §3.4.1, qop=auth).
 fn digest_authorization(nonce: &str, nc: u32) -> String {
-    let ha1 = sha256_hex("desk-7100:ccmsipline:digest-secret");
+    digest_authorization_with("digest-secret", nonce, nc)
+}
+
+/// [`digest_authorization`] with `password`.
+fn digest_authorization_with(password: &str, nonce: &str, nc: u32) -> String {
+    let ha1 = sha256_hex(&format!("desk-7100:ccmsipline:{password}"));
     let ha2 = sha256_hex("REGISTER:sip:localhost");
     let response = sha256_hex(&format!("{ha1}:{nonce}:{nc:08x}:c0ffee:auth:{ha2}"));
     format!(
@@ -511,16 +538,12 @@ fn digest_authorization(nonce: &str, nc: u32) -> String {
     )
 }
 
-/// Node A challenges a legacy phone and the phone's answer reaches node B (DNS SRV failover, a
-/// load balancer): B checks A's nonce with the cluster's shared secret and registers the phone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_digest_nonce_issued_by_node_a_is_accepted_by_node_b() {
-    let Some(pg) = Postgres::start() else {
-        return;
-    };
+/// Two legacy nodes on one PostgreSQL with the Digest phone `desk-7100` (line 7100) provisioned
+/// through A and known to B; the UDP socket the phone uses.
+async fn legacy_cluster() -> Option<(Postgres, Node, Node, std::net::UdpSocket)> {
+    let pg = Postgres::start()?;
     let a = Node::start_legacy("a", &pg.url()).await;
     let b = Node::start_legacy("b", &pg.url()).await;
-    let (a_port, b_port) = (a.sip_port.unwrap(), b.sip_port.unwrap());
     a.cli(&["user", "add", "desk"], Some("pw pw pw\n"));
     a.cli(
         &[
@@ -547,6 +570,7 @@ async fn a_digest_nonce_issued_by_node_a_is_accepted_by_node_b() {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // Node B knows the credential once it registers the phone on its own nonce.
+    let b_port = b.sip_port.unwrap();
     let mut cseq = 1;
     within(Duration::from_secs(2), "the credential on node b", || {
         cseq += 2;
@@ -556,27 +580,81 @@ async fn a_digest_nonce_issued_by_node_a_is_accepted_by_node_b() {
         async move { ok }
     })
     .await;
+    Some((pg, a, b, sock))
+}
 
+/// Node A challenges a legacy phone and the phone's answer reaches node B (DNS SRV failover, a
+/// load balancer): B verifies A's nonce with the cluster's shared secret, sees the password is
+/// right but the nonce is not its own, and challenges again with `stale=true`; the phone's retry on
+/// B's nonce registers, and no failed authentication is logged for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_b_answers_node_a_nonce_with_a_stale_challenge_then_registers_on_its_own() {
+    let Some((_pg, a, b, sock)) = legacy_cluster().await else {
+        return;
+    };
+    let (a_port, b_port) = (a.sip_port.unwrap(), b.sip_port.unwrap());
     let challenge = register_udp(&sock, a_port, 100, "");
     assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
     let nonce = sha256_nonce(&challenge);
     let answer = register_udp(&sock, b_port, 101, &digest_authorization(&nonce, 1));
     assert!(
-        answer.starts_with("SIP/2.0 200"),
-        "node b refused node a's nonce: {answer}\n--- node b log:\n{}",
+        is_stale_challenge(&answer),
+        "node b did not answer node a's nonce with stale=true: {answer}\n--- node b log:\n{}",
         b.log()
     );
-    // Node A too, and each node still refuses a count it has already seen with the nonce.
-    let on_a = register_udp(&sock, a_port, 102, &digest_authorization(&nonce, 2));
+    let b_nonce = sha256_nonce(&answer);
+    assert_ne!(b_nonce, nonce);
+    let retry = register_udp(&sock, b_port, 102, &digest_authorization(&b_nonce, 1));
+    assert!(retry.starts_with("SIP/2.0 200"), "{retry}");
+    assert!(
+        !b.log().contains("digest_failed"),
+        "a correct password was logged as a failure:\n{}",
+        b.log()
+    );
+    // Node A still accepts its own nonce, once per count.
+    let on_a = register_udp(&sock, a_port, 103, &digest_authorization(&nonce, 1));
     assert!(on_a.starts_with("SIP/2.0 200"), "{on_a}");
-    let replay = register_udp(&sock, b_port, 103, &digest_authorization(&nonce, 1));
-    assert!(replay.starts_with("SIP/2.0 401"), "{replay}");
+    let replay = register_udp(&sock, a_port, 104, &digest_authorization(&nonce, 1));
+    assert!(
+        replay.starts_with("SIP/2.0 401") && !is_stale_challenge(&replay),
+        "{replay}"
+    );
 }
 
-/// A single node on SQLite: a nonce issued before a restart is accepted after it, as the secret is
-/// read back from the store.
+/// A REGISTER captured on plain UDP after node A accepted it, sent byte for byte to node B within
+/// the nonce's lifetime: B must not register it (it does not know which counts A has seen), only
+/// challenge with `stale=true`; the same bytes sent to A again are a replayed count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_digest_nonce_issued_before_a_restart_is_accepted_after_it() {
+async fn a_register_accepted_by_node_a_and_replayed_to_node_b_is_not_accepted() {
+    let Some((_pg, a, b, sock)) = legacy_cluster().await else {
+        return;
+    };
+    let (a_port, b_port) = (a.sip_port.unwrap(), b.sip_port.unwrap());
+    let nonce = sha256_nonce(&register_udp(&sock, a_port, 200, ""));
+    let captured = register_request(&sock, 201, &digest_authorization(&nonce, 1));
+    let first = send_udp(&sock, a_port, &captured);
+    assert!(first.starts_with("SIP/2.0 200"), "{first}");
+    let on_b = send_udp(&sock, b_port, &captured);
+    assert!(
+        is_stale_challenge(&on_b),
+        "node b accepted (or refused as unknown) a replay of node a's REGISTER: {on_b}\n--- node b log:\n{}",
+        b.log()
+    );
+    let again = send_udp(&sock, b_port, &captured);
+    assert!(is_stale_challenge(&again), "{again}");
+    let on_a = send_udp(&sock, a_port, &captured);
+    assert!(
+        on_a.starts_with("SIP/2.0 401") && !is_stale_challenge(&on_a),
+        "{on_a}"
+    );
+}
+
+/// A single node on SQLite: the secret is read back from the store, so a nonce issued before a
+/// restart is recognised after it, and, answered correctly, challenged again with `stale=true`
+/// (not accepted: the restarted process does not know its counts, so the REGISTER accepted before
+/// the restart, replayed byte for byte, must not register); the retry on the new nonce registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_nonce_issued_before_a_restart_is_challenged_as_stale_after_it() {
     let mut s = sipreg_e2e::Server::start().await;
     s.add_user_and_device("desk", "pw pw pw", "SEP00AABBCC7100", &["7100"], false);
     let (code, _, err) = s.cli(
@@ -593,13 +671,38 @@ async fn a_digest_nonce_issued_before_a_restart_is_accepted_after_it() {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let nonce = sha256_nonce(&register_udp(&sock, s.sip_port, 1, ""));
-    let before = register_udp(&sock, s.sip_port, 2, &digest_authorization(&nonce, 1));
+    let captured = register_request(&sock, 2, &digest_authorization(&nonce, 1));
+    let before = send_udp(&sock, s.sip_port, &captured);
     assert!(before.starts_with("SIP/2.0 200"), "{before}");
     s.restart().await;
-    let after = register_udp(&sock, s.sip_port, 3, &digest_authorization(&nonce, 2));
+    let replayed = send_udp(&sock, s.sip_port, &captured);
     assert!(
-        after.starts_with("SIP/2.0 200"),
-        "the restarted node refused its nonce: {after}\n--- log:\n{}",
+        is_stale_challenge(&replayed),
+        "the restarted node did not answer the replay with stale=true: {replayed}\n--- log:\n{}",
         s.log()
     );
+    // A wrong password on the old nonce is the ordinary failure, not stale.
+    let wrong = register_udp(
+        &sock,
+        s.sip_port,
+        3,
+        &digest_authorization_with("guess", &nonce, 2),
+    );
+    assert!(
+        wrong.starts_with("SIP/2.0 401") && !is_stale_challenge(&wrong),
+        "{wrong}"
+    );
+    let after = register_udp(&sock, s.sip_port, 4, &digest_authorization(&nonce, 3));
+    assert!(
+        is_stale_challenge(&after),
+        "the restarted node did not answer its old nonce with stale=true: {after}\n--- log:\n{}",
+        s.log()
+    );
+    let retry = register_udp(
+        &sock,
+        s.sip_port,
+        5,
+        &digest_authorization(&sha256_nonce(&after), 1),
+    );
+    assert!(retry.starts_with("SIP/2.0 200"), "{retry}");
 }
