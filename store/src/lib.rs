@@ -250,7 +250,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_trust_cert(&self, fingerprint: &str) -> Result<()>;
 
     /// Replaces the stored bindings of each listed AOR in one transaction (an empty list deletes).
-    async fn write_bindings(&self, batch: &[(String, Vec<StoredBinding>)]) -> Result<()>;
+    /// The batch is taken by value: a backend that writes on another thread moves it there
+    /// instead of copying every row.
+    async fn write_bindings(&self, batch: Vec<(String, Vec<StoredBinding>)>) -> Result<()>;
     /// Every unexpired stored binding; expired ones are purged.
     async fn load_bindings(&self, now: i64) -> Result<Vec<StoredBinding>>;
 
@@ -296,7 +298,7 @@ pub trait Store: Send + Sync + 'static {
     async fn write_node_bindings(
         &self,
         node: &str,
-        batch: &[(String, Vec<StoredBinding>)],
+        batch: Vec<(String, Vec<StoredBinding>)>,
     ) -> Result<()> {
         // Single-node backends hold one node's rows only, so replacing the whole AOR is the same.
         let _ = node;

@@ -1148,26 +1148,9 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn write_bindings(&self, batch: &[(String, Vec<StoredBinding>)]) -> Result<()> {
-        let batch = batch.to_vec();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            {
-                let mut del = tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1")?;
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO bindings (aor, key, expires_at, node, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for (aor, rows) in &batch {
-                    del.execute(params![aor])?;
-                    for b in rows {
-                        ins.execute(params![aor, b.key, b.expires_at, b.node, b.data])?;
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+    async fn write_bindings(&self, batch: Vec<(String, Vec<StoredBinding>)>) -> Result<()> {
+        self.with(move |c| write_binding_rows(c, None, &batch))
+            .await
     }
 
     async fn load_bindings(&self, now: i64) -> Result<Vec<StoredBinding>> {
@@ -1312,30 +1295,59 @@ impl Store for SqliteStore {
     async fn write_node_bindings(
         &self,
         node: &str,
-        batch: &[(String, Vec<StoredBinding>)],
+        batch: Vec<(String, Vec<StoredBinding>)>,
     ) -> Result<()> {
         let node = node.to_owned();
-        let batch = batch.to_vec();
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            {
-                let mut del =
-                    tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1 AND node = ?2")?;
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO bindings (aor, key, expires_at, node, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for (aor, rows) in &batch {
-                    del.execute(params![aor, node])?;
-                    for b in rows {
-                        ins.execute(params![aor, b.key, b.expires_at, node, b.data])?;
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.with(move |c| write_binding_rows(c, Some(&node), &batch))
+            .await
     }
+}
+
+/// Makes each listed AOR's rows (only `node`'s, when given) exactly `rows`, in one transaction.
+/// Rows still present are updated in place (an upsert) and only keys gone from the AOR are
+/// deleted: deleting and re-inserting every row cost two B-tree changes per row and index.
+fn write_binding_rows(
+    c: &mut Connection,
+    node: Option<&str>,
+    batch: &[(String, Vec<StoredBinding>)],
+) -> Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut del_all =
+            tx.prepare_cached("DELETE FROM bindings WHERE aor = ?1 AND (?2 IS NULL OR node = ?2)")?;
+        // One binding per AOR is the common case: no key list to encode.
+        let mut del_but_one = tx.prepare_cached(
+            "DELETE FROM bindings WHERE aor = ?1 AND (?2 IS NULL OR node = ?2) AND key <> ?3",
+        )?;
+        let mut del_but_many = tx.prepare_cached(
+            "DELETE FROM bindings WHERE aor = ?1 AND (?2 IS NULL OR node = ?2)
+               AND key NOT IN (SELECT value FROM json_each(?3))",
+        )?;
+        // A row of another node with the same key is taken over: the device re-registered here.
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO bindings (aor, key, expires_at, node, data) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (aor, key) DO UPDATE SET expires_at = excluded.expires_at,
+               node = excluded.node, data = excluded.data",
+        )?;
+        for (aor, rows) in batch {
+            match rows.as_slice() {
+                [] => del_all.execute(params![aor, node])?,
+                [only] => del_but_one.execute(params![aor, node, only.key])?,
+                many => {
+                    let keys: Vec<&str> = many.iter().map(|b| b.key.as_str()).collect();
+                    let keys = serde_json::to_string(&keys)
+                        .map_err(|e| StoreError::Backend(format!("binding keys: {e}")))?;
+                    del_but_many.execute(params![aor, node, keys])?
+                }
+            };
+            for b in rows {
+                let holder = node.unwrap_or(&b.node);
+                upsert.execute(params![aor, b.key, b.expires_at, holder, b.data])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 /// A `nodes` row whose first six columns are name, host, sip_port, secured_sip_port,

@@ -460,17 +460,23 @@ async fn try_replace_bindings(
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let tx = c.transaction().await?;
     for (aor, rows) in batch {
+        // Only keys gone from the AOR are deleted; the others are updated in place below,
+        // which leaves no dead row behind for each unchanged binding.
+        let keys: Vec<&str> = rows.iter().map(|b| b.key.as_str()).collect();
         match node {
             Some(n) => {
                 tx.execute(
-                    "DELETE FROM bindings WHERE aor = $1 AND node = $2",
-                    &[aor, &n],
+                    "DELETE FROM bindings WHERE aor = $1 AND node = $2 AND key <> ALL($3)",
+                    &[aor, &n, &keys],
                 )
                 .await?
             }
             None => {
-                tx.execute("DELETE FROM bindings WHERE aor = $1", &[aor])
-                    .await?
+                tx.execute(
+                    "DELETE FROM bindings WHERE aor = $1 AND key <> ALL($2)",
+                    &[aor, &keys],
+                )
+                .await?
             }
         };
         for b in rows {
@@ -1185,8 +1191,8 @@ impl Store for PostgresStore {
         self.commit(tx, Change::Trust).await
     }
 
-    async fn write_bindings(&self, batch: &[(String, Vec<StoredBinding>)]) -> Result<()> {
-        self.replace_bindings(None, batch).await
+    async fn write_bindings(&self, batch: Vec<(String, Vec<StoredBinding>)>) -> Result<()> {
+        self.replace_bindings(None, &batch).await
     }
 
     async fn load_bindings(&self, now: i64) -> Result<Vec<StoredBinding>> {
@@ -1330,9 +1336,9 @@ impl Store for PostgresStore {
     async fn write_node_bindings(
         &self,
         node: &str,
-        batch: &[(String, Vec<StoredBinding>)],
+        batch: Vec<(String, Vec<StoredBinding>)>,
     ) -> Result<()> {
-        self.replace_bindings(Some(node), batch).await
+        self.replace_bindings(Some(node), &batch).await
     }
 }
 

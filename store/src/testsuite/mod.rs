@@ -79,6 +79,7 @@ suite!(
     admin_tokens_and_the_audit_log_round_trip,
     heartbeats_are_listed_with_their_nodes,
     node_bindings_leave_other_nodes_rows_alone,
+    a_rewritten_aor_keeps_exactly_its_current_bindings,
     every_write_publishes_its_change,
     a_revoked_family_stays_revoked_for_racing_rotations,
     a_device_update_replaces_owner_lines_and_profile,
@@ -498,7 +499,7 @@ async fn revocations_digest_edges_trust_clients_and_bindings_round_trip(s: Arc<d
         node: "n1".into(),
         data: "{}".into(),
     };
-    s.write_bindings(&[("6000@x".into(), vec![b("k1", 100), b("k2", 10)])])
+    s.write_bindings(vec![("6000@x".into(), vec![b("k1", 100), b("k2", 10)])])
         .await
         .unwrap();
     assert_eq!(
@@ -506,7 +507,7 @@ async fn revocations_digest_edges_trust_clients_and_bindings_round_trip(s: Arc<d
         vec![b("k1", 100)],
         "expired bindings are purged"
     );
-    s.write_bindings(&[("6000@x".into(), vec![])])
+    s.write_bindings(vec![("6000@x".into(), vec![])])
         .await
         .unwrap();
     assert!(s.load_bindings(50).await.unwrap().is_empty());
@@ -619,10 +620,10 @@ async fn node_bindings_leave_other_nodes_rows_alone(s: Arc<dyn Store>) {
         node: node.into(),
         data: data.into(),
     };
-    s.write_node_bindings("a", &[("7000@x".into(), vec![b("k1", "a", "1")])])
+    s.write_node_bindings("a", vec![("7000@x".into(), vec![b("k1", "a", "1")])])
         .await
         .unwrap();
-    s.write_node_bindings("b", &[("7000@x".into(), vec![b("k2", "b", "2")])])
+    s.write_node_bindings("b", vec![("7000@x".into(), vec![b("k2", "b", "2")])])
         .await
         .unwrap();
     assert_eq!(
@@ -630,15 +631,89 @@ async fn node_bindings_leave_other_nodes_rows_alone(s: Arc<dyn Store>) {
         vec![b("k1", "a", "1"), b("k2", "b", "2")],
         "each node's rows stay"
     );
-    s.write_node_bindings("a", &[("7000@x".into(), vec![])])
+    s.write_node_bindings("a", vec![("7000@x".into(), vec![])])
         .await
         .unwrap();
     assert_eq!(s.load_bindings(1).await.unwrap(), vec![b("k2", "b", "2")]);
     // The device behind k2 re-registered on node a: a takes the row over.
-    s.write_node_bindings("a", &[("7000@x".into(), vec![b("k2", "a", "3")])])
+    s.write_node_bindings("a", vec![("7000@x".into(), vec![b("k2", "a", "3")])])
         .await
         .unwrap();
     assert_eq!(s.load_bindings(1).await.unwrap(), vec![b("k2", "a", "3")]);
+}
+
+async fn a_rewritten_aor_keeps_exactly_its_current_bindings(s: Arc<dyn Store>) {
+    let b = |aor: &str, key: &str, node: &str, data: &str| StoredBinding {
+        aor: aor.into(),
+        key: key.into(),
+        expires_at: 500,
+        node: node.into(),
+        data: data.into(),
+    };
+    let other = b("8001@x", "k9", "n1", "9");
+    s.write_bindings(vec![
+        (
+            "8000@x".into(),
+            vec![b("8000@x", "k1", "n1", "1"), b("8000@x", "k2", "n1", "1")],
+        ),
+        ("8001@x".into(), vec![other.clone()]),
+    ])
+    .await
+    .unwrap();
+    // Of two bindings, one is removed and the other refreshed.
+    s.write_bindings(vec![("8000@x".into(), vec![b("8000@x", "k2", "n1", "2")])])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_bindings(1).await.unwrap(),
+        vec![b("8000@x", "k2", "n1", "2"), other.clone()]
+    );
+    // Of three, one goes, two are updated.
+    s.write_bindings(vec![(
+        "8000@x".into(),
+        vec![
+            b("8000@x", "k1", "n1", "3"),
+            b("8000@x", "k2", "n1", "3"),
+            b("8000@x", "k3", "n1", "3"),
+        ],
+    )])
+    .await
+    .unwrap();
+    s.write_bindings(vec![(
+        "8000@x".into(),
+        vec![b("8000@x", "k3", "n1", "4"), b("8000@x", "k1", "n1", "4")],
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.load_bindings(1).await.unwrap(),
+        vec![
+            b("8000@x", "k1", "n1", "4"),
+            b("8000@x", "k3", "n1", "4"),
+            other.clone()
+        ]
+    );
+    // Per node: node a drops k1 and refreshes k3; node b's row stays.
+    s.write_node_bindings(
+        "b",
+        vec![("8000@x".into(), vec![b("8000@x", "k5", "b", "5")])],
+    )
+    .await
+    .unwrap();
+    s.write_node_bindings(
+        "n1",
+        vec![("8000@x".into(), vec![b("8000@x", "k3", "n1", "6")])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.load_bindings(1).await.unwrap(),
+        vec![
+            b("8000@x", "k3", "n1", "6"),
+            b("8000@x", "k5", "b", "5"),
+            other
+        ]
+    );
 }
 
 async fn every_write_publishes_its_change(s: Arc<dyn Store>) {
