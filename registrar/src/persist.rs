@@ -41,10 +41,29 @@ pub fn to_stored(
                 key: b.key(),
                 expires_at: b.expires_at,
                 node: node.to_owned(),
-                data: serde_json::to_string(b)?,
+                data: encode(b)?,
             })
         })
         .collect()
+}
+
+/// A binding's JSON, written into a buffer sized for it up front: `to_string` starts small and
+/// grows (copying) several times for a typical 600-byte binding.
+fn encode(b: &Binding) -> Result<String, PersistError> {
+    // Field names and fixed-size values take about 300 bytes; strings may need escaping.
+    let text = b.contact_uri.len()
+        + b.contact_key.len()
+        + b.contact_raw.len()
+        + b.call_id.len()
+        + b.user.len()
+        + b.contact_params.iter().map(String::len).sum::<usize>()
+        + b.path.iter().map(String::len).sum::<usize>()
+        + b.instance.as_ref().map_or(0, String::len)
+        + b.device.as_ref().map_or(0, String::len);
+    let mut buf = Vec::with_capacity(384 + text + text / 8);
+    serde_json::to_writer(&mut buf, b)?;
+    // serde_json writes UTF-8 only; the check is a cheap scan, not a copy.
+    String::from_utf8(buf).map_err(|e| PersistError::Encode(serde::ser::Error::custom(e)))
 }
 
 /// Writes every dirty AOR of `location` to `store` now; on failure they stay dirty. Returns
