@@ -1,6 +1,7 @@
 //! Starts the device config service for `serve`: HTTP (`listen.config_http_port`, 6970),
 //! token-protected HTTPS (`listen.config_https_port`, 6971) and TFTP (`listen.tftp_port`, UDP 69),
-//! all serving one [`ConfigFiles`] that is re-rendered when the directory changes.
+//! all serving one [`ConfigFiles`], which renders a device's file when it is first fetched and
+//! again only after that device, the OAuth mode or the nodes change.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
