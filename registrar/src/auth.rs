@@ -128,7 +128,7 @@ pub fn parse_bearer(value: &str) -> Result<Option<Cow<'_, str>>, AuthError> {
         return Ok(Some(Cow::Borrowed(rest)));
     }
     // auth-param list; the token is the `token` parameter.
-    for param in split_params(rest) {
+    for param in crate::message::split_auth_params(rest) {
         let (name, v) = param.split_once('=').ok_or(AuthError::MalformedBearer)?;
         if name.trim().eq_ignore_ascii_case("token") {
             let token = unquote(v);
@@ -148,29 +148,6 @@ fn is_token68(s: &str) -> bool {
         && body
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
-}
-
-fn split_params(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut quoted, mut escaped, mut start) = (false, false, 0);
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(s[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(s[start..].trim());
-    out.retain(|p| !p.is_empty());
-    out
 }
 
 /// Escapes a value for a quoted-string auth-param (RFC 6750 §3 forbids `"` and `\` in

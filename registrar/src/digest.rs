@@ -130,7 +130,7 @@ impl DigestResponse {
             return Ok(None);
         }
         let mut fields: Vec<(String, String)> = Vec::new();
-        for part in split_commas(rest) {
+        for part in crate::message::split_auth_params(rest) {
             let (k, v) = part
                 .split_once('=')
                 .ok_or(DigestError::Malformed("parameter without value"))?;
@@ -355,29 +355,6 @@ impl DigestAuth {
         self.seen.retain(|_, (t, _)| now - *t <= ttl);
         self.seen.len()
     }
-}
-
-fn split_commas(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut quoted, mut escaped, mut start) = (false, false, 0);
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(s[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(s[start..].trim());
-    out.retain(|p| !p.is_empty());
-    out
 }
 
 /// HA1 = H(username:realm:password), hex; what the admin API stores per algorithm.

@@ -1094,7 +1094,7 @@ fn first_outside_quotes(s: &str, sep: char) -> Option<usize> {
 }
 
 /// Splits `s` on `sep` outside quoted strings.
-fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
+pub(crate) fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut quoted, mut escaped, mut start) = (false, false, 0);
     for (i, c) in s.char_indices() {
@@ -1113,6 +1113,17 @@ fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
+    out
+}
+
+/// The comma-separated parameters of an authorization header (`Bearer`, `Digest`), trimmed,
+/// empty ones dropped; commas inside quoted strings do not separate.
+pub(crate) fn split_auth_params(s: &str) -> Vec<&str> {
+    let mut out = split_outside_quotes(s, ',');
+    for p in &mut out {
+        *p = p.trim();
+    }
+    out.retain(|p| !p.is_empty());
     out
 }
 
