@@ -315,6 +315,17 @@ fn insert_lines(tx: &rusqlite::Transaction<'_>, device: &str, lines: &[Line]) ->
     Ok(())
 }
 
+/// The devices with these names, in the order given (a name deleted meanwhile is left out).
+pub(crate) fn read_devices(c: &Connection, names: Vec<String>) -> Result<Vec<Device>> {
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        if let Some(d) = read_device(c, &n)? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn read_device(conn: &Connection, name: &str) -> Result<Option<Device>> {
     let row = conn
         .query_row(
@@ -495,13 +506,7 @@ impl Store for SqliteStore {
                 .prepare("SELECT name FROM devices ORDER BY name")?
                 .query_map([], |r| r.get(0))?
                 .collect::<std::result::Result<_, _>>()?;
-            let mut out = Vec::with_capacity(names.len());
-            for n in names {
-                if let Some(d) = read_device(c, &n)? {
-                    out.push(d);
-                }
-            }
-            Ok(out)
+            read_devices(c, names)
         })
         .await
     }

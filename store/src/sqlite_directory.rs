@@ -5,7 +5,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sqlite::read_device;
+use crate::sqlite::read_devices;
 use crate::{Device, DigestCredential, Result};
 
 /// A user's devices are read per [`Change::User`](crate::Change::User) and deleted with the user:
@@ -22,13 +22,7 @@ fn devices_where(c: &Connection, column: Column, value: &str) -> Result<Vec<Devi
         .prepare_cached(sql)?
         .query_map(params![value], |r| r.get(0))?
         .collect::<std::result::Result<_, _>>()?;
-    let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        if let Some(d) = read_device(c, &n)? {
-            out.push(d);
-        }
-    }
-    Ok(out)
+    read_devices(c, names)
 }
 
 /// Which device column [`devices_where`] filters on.
