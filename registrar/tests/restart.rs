@@ -15,20 +15,9 @@ use sipreg_registrar::{
 use sipreg_store::{Directory, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
-struct FakeValidator;
-impl BearerValidator for FakeValidator {
-    fn validate(&self, token: &str, _now: i64) -> Result<TokenIdentity, BearerError> {
-        match token {
-            "good-alice" => Ok(TokenIdentity {
-                user: "alice".into(),
-                scope: "sip".into(),
-            }),
-            _ => Err(BearerError {
-                description: "unknown token".into(),
-            }),
-        }
-    }
-}
+#[path = "common/fake_validator.rs"]
+mod fake_validator;
+use fake_validator::FakeValidator;
 
 fn facts() -> ConnectionFacts {
     ConnectionFacts {

@@ -17,20 +17,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-struct FakeValidator;
-impl BearerValidator for FakeValidator {
-    fn validate(&self, token: &str, _now: i64) -> Result<TokenIdentity, BearerError> {
-        match token {
-            "good-alice" => Ok(TokenIdentity {
-                user: "alice".into(),
-                scope: "sip".into(),
-            }),
-            _ => Err(BearerError {
-                description: "unknown token".into(),
-            }),
-        }
-    }
-}
+#[path = "common/fake_validator.rs"]
+mod fake_validator;
+use fake_validator::FakeValidator;
 
 fn server_config() -> (rustls::ServerConfig, CertificateDer<'static>) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

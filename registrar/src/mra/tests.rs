@@ -17,20 +17,9 @@ use tokio_rustls::TlsConnector;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-struct FakeValidator;
-impl BearerValidator for FakeValidator {
-    fn validate(&self, token: &str, _now: i64) -> Result<TokenIdentity, BearerError> {
-        match token {
-            "good-alice" => Ok(TokenIdentity {
-                user: "alice".into(),
-                scope: "sip".into(),
-            }),
-            _ => Err(BearerError {
-                description: "unknown token".into(),
-            }),
-        }
-    }
-}
+#[path = "../../tests/common/fake_validator.rs"]
+mod fake_validator;
+use fake_validator::FakeValidator;
 
 struct Pki {
     ca_pem: String,
