@@ -504,35 +504,37 @@ async fn setup_device(
 ) -> Option<Connection> {
     let opts = &shared.opts;
     let t0 = Instant::now();
-    let mut conn = match connector.connect(i, opts.timeout).await {
+    let aor = i as u64;
+    let device = shared.device(aor);
+    let token = (!opts.tokens.is_empty()).then(|| opts.tokens[i % opts.tokens.len()].as_str());
+    // The REGISTER goes out with the handshake's last flight (`Connector::connect_and_send`).
+    let register = |local, out: &mut Vec<u8>| {
+        write_register(
+            out,
+            &RegisterParams {
+                transport: connector.transport(),
+                local,
+                domain: &opts.domain,
+                line: opts.line_base + aor,
+                device: device.as_deref(),
+                run_id: shared.run_id,
+                cseq: 1,
+                expires: opts.expires,
+                token,
+            },
+        )
+    };
+    let mut conn = match connector
+        .connect_and_send(i, opts.timeout, out, register)
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             lock(stats).conn_error(e.kind());
             return None;
         }
     };
-    let aor = i as u64;
-    let device = shared.device(aor);
-    let token = (!opts.tokens.is_empty()).then(|| opts.tokens[i % opts.tokens.len()].as_str());
-    write_register(
-        out,
-        &RegisterParams {
-            transport: connector.transport(),
-            local: conn.local_addr(),
-            domain: &opts.domain,
-            line: opts.line_base + aor,
-            device: device.as_deref(),
-            run_id: shared.run_id,
-            cseq: 1,
-            expires: opts.expires,
-            token,
-        },
-    );
-    let answer = async {
-        conn.send(out).await?;
-        conn.recv().await
-    };
-    let outcome = timeout(opts.timeout, answer).await;
+    let outcome = timeout(opts.timeout, conn.recv()).await;
     let mut stats = lock(stats);
     stats.sent += 1;
     match outcome {

@@ -15,11 +15,15 @@
 //!   proves the server holds the key, is still verified on every handshake.
 //! * **A 4 KiB read buffer** per connection instead of 16 KiB: responses are a few hundred
 //!   bytes, and rustls buffers whole records itself.
+//! * **The first request rides with the handshake** ([`Connector::connect_and_send`], storm and
+//!   idle-hold): the REGISTER leaves in the same write as the client's Finished, one segment
+//!   instead of two, as TLS 1.3 clients commonly do. The server's handshake and its reading of
+//!   the request are unchanged.
 //!
 //! Connection errors are classified by phase (TCP connect, TLS handshake, after the handshake)
 //! so the RESULT line can say why devices failed ([`TransportError::kind`]).
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -345,6 +349,43 @@ impl Connector {
     /// Opens connection number `n` (which picks the source address), giving up after `limit`
     /// (TCP connect and TLS handshake together; [`TransportError::kind`] says which timed out).
     pub async fn connect(&self, n: usize, limit: Duration) -> Result<Connection, TransportError> {
+        self.open(
+            n,
+            limit,
+            None::<fn(SocketAddr, &mut Vec<u8>)>,
+            &mut Vec::new(),
+        )
+        .await
+    }
+
+    /// Like [`connect`](Self::connect), then sends a first request that `fill` writes into `out`
+    /// (cleared first) from the connection's local address (a REGISTER names it in Via and
+    /// Contact), as one device's set-up does.
+    ///
+    /// Over TLS the request is handed to rustls before the handshake, which sends it right after
+    /// the client's Finished, in the same write: the last handshake flight and the first record
+    /// of application data leave as one TCP segment, as TLS 1.3 allows and browsers do. That is
+    /// one write and one segment fewer per device for the generator, and the server finds the
+    /// request already buffered when its handshake completes instead of waiting for another
+    /// segment. The server still does the full handshake and reads the request from TLS as
+    /// always; both servers under comparison get the same client.
+    pub async fn connect_and_send(
+        &self,
+        n: usize,
+        limit: Duration,
+        out: &mut Vec<u8>,
+        fill: impl FnOnce(SocketAddr, &mut Vec<u8>),
+    ) -> Result<Connection, TransportError> {
+        self.open(n, limit, Some(fill), out).await
+    }
+
+    async fn open(
+        &self,
+        n: usize,
+        limit: Duration,
+        fill: Option<impl FnOnce(SocketAddr, &mut Vec<u8>)>,
+        out: &mut Vec<u8>,
+    ) -> Result<Connection, TransportError> {
         let deadline = Instant::now() + limit;
         let source = (!self.sources.is_empty()).then(|| self.sources[n % self.sources.len()]);
         if self.transport == Transport::Udp {
@@ -359,12 +400,18 @@ impl Connector {
             let sock = UdpSocket::bind(bind).await?;
             sock.connect(self.target).await?;
             let local = sock.local_addr()?;
-            return Ok(Connection {
+            let mut conn = Connection {
                 local,
                 kind: Kind::Udp(sock),
                 framer: ResponseFramer::default(),
                 buf: vec![0; UDP_READ_BUF],
-            });
+            };
+            if let Some(fill) = fill {
+                out.clear();
+                fill(local, out);
+                conn.send(out).await?;
+            }
+            return Ok(conn);
         }
         let sock = if self.target.is_ipv4() {
             TcpSocket::new_v4()
@@ -382,21 +429,41 @@ impl Connector {
             .map_err(TransportError::TcpConnect)?;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
+        let mut first = false;
+        if let Some(fill) = fill {
+            out.clear();
+            fill(local, out);
+            first = true;
+        }
         let io: Box<dyn Io> = match &self.tls {
-            Some((connector, name)) => Box::new(
-                timeout_at(deadline, connector.connect(name.clone(), tcp))
+            Some((connector, name)) => {
+                // Buffered by rustls until the handshake completes (see `connect_and_send`).
+                let mut queued = Ok(());
+                let tls = connector.connect_with(name.clone(), tcp, |c| {
+                    if first {
+                        queued = c.writer().write_all(out);
+                        first = false;
+                    }
+                });
+                let tls = timeout_at(deadline, tls)
                     .await
                     .map_err(|_| TransportError::HandshakeTimeout)?
-                    .map_err(TransportError::Handshake)?,
-            ),
+                    .map_err(TransportError::Handshake)?;
+                queued?;
+                Box::new(tls)
+            }
             None => Box::new(tcp),
         };
-        Ok(Connection {
+        let mut conn = Connection {
             local,
             kind: Kind::Stream(io),
             framer: ResponseFramer::default(),
             buf: vec![0; STREAM_READ_BUF],
-        })
+        };
+        if first {
+            conn.send(out).await?;
+        }
+        Ok(conn)
     }
 }
 

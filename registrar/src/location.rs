@@ -179,7 +179,7 @@ pub enum ApplyError {
 /// Bindings are held [`Packed`]: every string of a binding in one buffer, each stored once
 /// (1,000,000 bindings must fit in well under 1 GiB, BENCHMARKS.md); the API hands out and
 /// takes plain [`Binding`]s.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Location {
     // A boxed slice per AOR rather than a Vec: the map has about twice as many slots as AORs,
     // so every byte of the slot counts twice; the set is rebuilt on each change anyway.
@@ -194,9 +194,18 @@ pub struct Location {
     flows: DashMap<FlowId, FlowAors>,
 }
 
-/// Shards of the dirty set: every binding change marks its AOR, so one lock for all of them
-/// would serialise every REGISTER on every worker.
-const DIRTY_SHARDS: usize = 16;
+/// Shards of the AOR and flow maps (a power of two). DashMap's default is 4 × the cores, i.e.
+/// 8 on a 2-core machine: a REGISTER on one worker then found its shard locked by the other
+/// worker (or by the persister reading dirty AORs) about one time in eight, and when the holder
+/// had just been preempted the waiter spun, `sched_yield`ed and parked for a whole time slice
+/// of the kernel. Paced at 15,000 REGISTER/s that was ~180–280 `sched_yield`s a second, 95 % of
+/// them in [`Location::apply_then`]; with 512 shards ~12 a second. A shard costs ~130 bytes.
+const MAP_SHARDS: usize = 512;
+
+/// Shards of the dirty set: every binding change marks its AOR (with its AOR entry locked), so
+/// one lock for all of them would serialise every REGISTER on every worker; as for
+/// [`MAP_SHARDS`], few shards mean a preempted holder stalls other workers.
+const DIRTY_SHARDS: usize = 128;
 
 /// One shard of the [`DirtySet`]: AOR → whether the store may hold rows of it.
 type DirtyShard = HashMap<Box<str>, bool>;
@@ -620,6 +629,17 @@ fn apply_in(
         })
         .collect();
     Ok(())
+}
+
+impl Default for Location {
+    fn default() -> Self {
+        Location {
+            aors: DashMap::with_shard_amount(MAP_SHARDS),
+            dirty: DirtySet::default(),
+            next_expiry: AtomicI64::default(),
+            flows: DashMap::with_shard_amount(MAP_SHARDS),
+        }
+    }
 }
 
 impl Location {
