@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sipreg_registrar::{LegacyAddrs, LegacyListeners, MraListener, SipOAuthListener};
 use sipreg_store::{Change, Directory, Store};
 use sipreg_tokensvc::KeyRing;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::Problem;
@@ -31,7 +31,26 @@ pub struct Live {
     legacy_on: LegacyTransports,
     // One apply at a time, so listener state follows the newest snapshot.
     serial: Mutex<()>,
+    /// Writers waiting for [`Live::follow`] to apply what they wrote (see [`Live::apply_changes`]).
+    syncs: mpsc::Sender<SyncRequest>,
+    /// What [`Live::follow`] takes when it starts: the receiving end of `syncs`, and the store's
+    /// notifications since this was created (so none falls between a write and `follow`). While
+    /// it is still here nobody follows the store, and writers apply their changes themselves.
+    follow_rx: std::sync::Mutex<Option<FollowRx>>,
 }
+
+/// Where to tell a writer that everything queued before its request is applied.
+type SyncRequest = oneshot::Sender<Result<(), Problem>>;
+
+/// The two queues [`Live::follow`] reads.
+type FollowRx = (
+    mpsc::Receiver<SyncRequest>,
+    tokio::sync::broadcast::Receiver<Change>,
+);
+
+/// Writers that may wait for [`Live::follow`] at once; more wait to queue (API requests are
+/// bounded by the HTTPS listener's connection cap anyway).
+const MAX_SYNC_WAITERS: usize = 256;
 
 impl Live {
     /// Creates the controller; nothing is applied until [`Live::apply`].
@@ -44,6 +63,8 @@ impl Live {
         ip: IpAddr,
         reserved: Vec<(u16, &'static str)>,
     ) -> Self {
+        let (syncs, sync_rx) = mpsc::channel(MAX_SYNC_WAITERS);
+        let follow_rx = std::sync::Mutex::new(Some((sync_rx, store.subscribe())));
         Live {
             store,
             directory,
@@ -56,6 +77,8 @@ impl Live {
             legacy: None,
             legacy_on: LegacyTransports::default(),
             serial: Mutex::new(()),
+            syncs,
+            follow_rx,
         }
     }
 
@@ -237,10 +260,36 @@ impl Live {
         self.apply_changes(std::slice::from_ref(&change)).await
     }
 
-    /// Applies `changes` to the directory incrementally with one new snapshot (a
-    /// [`Change::Reload`] among them reloads everything); changes a listener follows (cluster,
-    /// node, edge, trust) also bring the listeners in line, as [`Live::apply`] does.
+    /// Applies `changes`, which the caller just made to the store, before returning, so the
+    /// caller's response (and the next read on this node) sees them; changes a listener follows
+    /// (cluster, node, edge, trust) also bring the listeners in line, as [`Live::apply`] does.
+    ///
+    /// While [`Live::follow`] runs, it applies them: every store write queues its notification
+    /// for it before returning, so this waits for it to apply everything queued (with other
+    /// writers' changes, in one snapshot) instead of applying each change a second time when the
+    /// notification arrives. So `changes` must be what the store notified (as every write does).
     pub async fn apply_changes(&self, changes: &[Change]) -> Result<(), Problem> {
+        match self.sync().await {
+            Some(applied) => applied,
+            None => self.apply_now(changes).await,
+        }
+    }
+
+    /// Waits until [`Live::follow`] has applied every store notification queued now; `None` when
+    /// it is not running (not started yet, or stopped), so the caller applies its changes itself.
+    async fn sync(&self) -> Option<Result<(), Problem>> {
+        let following = self.follow_rx.lock().is_ok_and(|rx| rx.is_none());
+        if !following {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.syncs.send(tx).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Applies `changes` to the directory incrementally with one new snapshot (a
+    /// [`Change::Reload`] among them reloads everything), and the listeners when one follows them.
+    async fn apply_now(&self, changes: &[Change]) -> Result<(), Problem> {
         let _one = self.serial.lock().await;
         self.directory.apply(self.store.as_ref(), changes).await?;
         if changes.iter().any(moves_listeners) {
@@ -264,34 +313,83 @@ impl Live {
         self.apply_legacy().await
     }
 
-    /// Follows store change notifications until cancelled (changes made outside this API).
+    /// Follows store change notifications until cancelled: changes made outside this node's
+    /// API, and (see [`Live::apply_changes`]) its API's own, each applied once.
     pub async fn follow(self: Arc<Self>, cancel: CancellationToken) {
-        let mut rx = self.store.subscribe();
+        let Some((mut syncs, mut rx)) = self.follow_rx.lock().ok().and_then(|mut rx| rx.take())
+        else {
+            tracing::error!("Live::follow started twice; the second one stops");
+            return;
+        };
+        let mut waiting: Vec<SyncRequest> = Vec::new();
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => return,
-                c = rx.recv() => c,
-            };
-            let batch = match first {
-                Ok(change) => Batch::drain(&mut rx, change),
-                // Missed notifications: reload everything.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Batch::full(),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
-            if batch.keys {
-                if let Err(e) = self.keys.reload(self.store.as_ref()).await {
-                    tracing::error!(error = %e, "reloading signing keys failed");
+                c = rx.recv() => Some(c),
+                Some(request) = syncs.recv() => {
+                    waiting.push(request);
+                    None
                 }
-            }
-            let applied = if batch.full {
-                self.apply().await
-            } else {
-                self.apply_changes(&batch.changes).await
             };
-            if let Err(e) = applied {
-                tracing::error!(detail = %e.detail, "applying a change failed");
+            // Requests before notifications: each writer's notification was queued before its
+            // request, so the drain below (or an earlier batch, applied already) holds it.
+            while let Ok(request) = syncs.try_recv() {
+                waiting.push(request);
+            }
+            let mut batch = match first {
+                None => Batch::drain(&mut rx, None),
+                Some(Ok(change)) => Batch::drain(&mut rx, Some(change)),
+                // Missed notifications: reload everything.
+                Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => Batch::full(),
+                Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+            };
+            // Writers waiting need everything queued before them, beyond one batch's worth.
+            let mut outcome = Ok(());
+            loop {
+                let applied = self.apply_batch(&batch).await;
+                if let Err(e) = &applied {
+                    tracing::error!(detail = %e.detail, "applying a change failed");
+                }
+                if outcome.is_ok() {
+                    outcome = applied;
+                }
+                if waiting.is_empty() || !batch.more {
+                    break;
+                }
+                batch = Batch::drain(&mut rx, None);
+            }
+            for done in waiting.drain(..) {
+                // A writer that gave up waiting needs no answer.
+                let _ = done.send(outcome.as_ref().copied().map_err(copy_problem));
             }
         }
+    }
+
+    /// Applies one batch of [`Live::follow`]'s: signing keys, then the directory and listeners.
+    async fn apply_batch(&self, batch: &Batch) -> Result<(), Problem> {
+        if batch.keys {
+            if let Err(e) = self.keys.reload(self.store.as_ref()).await {
+                tracing::error!(error = %e, "reloading signing keys failed");
+            }
+        }
+        if batch.full {
+            self.apply().await
+        } else if batch.changes.is_empty() {
+            Ok(())
+        } else {
+            self.apply_now(&batch.changes).await
+        }
+    }
+}
+
+/// The same problem again, for each writer waiting on one apply.
+fn copy_problem(p: &Problem) -> Problem {
+    Problem {
+        kind: p.kind,
+        title: p.title,
+        status: p.status,
+        detail: p.detail.clone(),
+        field: p.field,
     }
 }
 
@@ -318,24 +416,32 @@ struct Batch {
     full: bool,
     /// Reload the signing keys.
     keys: bool,
+    /// More changes were queued than one batch takes.
+    more: bool,
 }
 
 impl Batch {
     fn full() -> Self {
         Batch {
-            changes: Vec::new(),
             full: true,
             keys: true,
+            ..Batch::default()
         }
     }
 
     /// `first` and every change already queued behind it (up to [`MAX_BATCH`]; a full reload
     /// covers any number).
-    fn drain(rx: &mut tokio::sync::broadcast::Receiver<Change>, first: Change) -> Self {
+    fn drain(rx: &mut tokio::sync::broadcast::Receiver<Change>, first: Option<Change>) -> Self {
         use tokio::sync::broadcast::error::TryRecvError;
         let mut batch = Batch::default();
-        batch.add(first);
-        while batch.full || batch.changes.len() < MAX_BATCH {
+        if let Some(first) = first {
+            batch.add(first);
+        }
+        loop {
+            if !batch.full && batch.changes.len() >= MAX_BATCH {
+                batch.more = true;
+                break;
+            }
             match rx.try_recv() {
                 Ok(change) => batch.add(change),
                 Err(TryRecvError::Lagged(_)) => {
@@ -451,7 +557,9 @@ pub fn legacy_start_ports(
 
 #[cfg(test)]
 mod tests {
-    use super::{legacy_start_ports, Batch};
+    use std::sync::Arc;
+
+    use super::{legacy_start_ports, Batch, Live};
     use sipreg_store::{Change, Device, Directory, Line, SqliteStore, Store, User};
 
     #[tokio::test]
@@ -484,7 +592,7 @@ mod tests {
             store.create_device(&device).await.unwrap();
         }
         let first = rx.recv().await.unwrap();
-        let batch = Batch::drain(&mut rx, first);
+        let batch = Batch::drain(&mut rx, Some(first));
         assert!(!batch.full && !batch.keys);
         assert_eq!(
             batch.changes.len(),
@@ -503,6 +611,125 @@ mod tests {
         assert!(snap.device("csfbulk39").is_some_and(|d| d.has_line("5039")));
     }
 
+    /// A token check that refuses everything: these tests register nobody.
+    struct NoTokens;
+
+    impl sipreg_registrar::BearerValidator for NoTokens {
+        fn validate(
+            &self,
+            _token: &str,
+            _now: i64,
+        ) -> Result<sipreg_registrar::TokenIdentity, sipreg_registrar::BearerError> {
+            Err(sipreg_registrar::BearerError {
+                description: "no tokens here".into(),
+            })
+        }
+    }
+
+    /// A `Live` over a fresh SQLite store, with its listeners closed.
+    async fn live(dir: &std::path::Path) -> (Arc<Live>, Arc<dyn Store>) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("db")).unwrap());
+        let directory = Directory::load(store.as_ref()).await.unwrap();
+        let keys = sipreg_tokensvc::KeyRing::load_or_create(store.as_ref(), 0)
+            .await
+            .unwrap();
+        let pki = sipreg_certs::load_or_create(&dir.join("tls"), &["localhost".into()]).unwrap();
+        let chain = std::fs::read(&pki.server_cert).unwrap();
+        let key = std::fs::read(&pki.server_key).unwrap();
+        let tls = sipreg_certs::ReloadableServerConfig::new(
+            sipreg_certs::sip_server_config(&chain, &key).unwrap(),
+        );
+        let registrar = Arc::new(sipreg_registrar::Registrar::new(
+            sipreg_registrar::RegistrarConfig::default(),
+            directory.clone(),
+            Arc::new(NoTokens),
+        ));
+        let listener = Arc::new(sipreg_registrar::SipOAuthListener::new(
+            registrar,
+            tls.shared(),
+        ));
+        let live = Live::new(
+            store.clone(),
+            directory,
+            keys,
+            listener,
+            "n1".into(),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            Vec::new(),
+        );
+        (Arc::new(live), store)
+    }
+
+    fn device(i: usize) -> Device {
+        Device {
+            name: format!("CSFapi{i}"),
+            owner: "api".into(),
+            lines: vec![Line {
+                dn: format!("{}", 6000 + i),
+                display_name: None,
+            }],
+            oauth: true,
+            updated_at: 0,
+            model: String::new(),
+            profile: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_write_is_applied_once_and_seen_by_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, store) = live(dir.path()).await;
+        let directory = live.directory().clone();
+        let user = User {
+            id: "api".into(),
+            password_hash: String::new(),
+            created_at: 0,
+        };
+        // Before `follow` runs, the writer applies its change itself.
+        store.create_user(&user).await.unwrap();
+        live.apply_change(Change::User("api".into())).await.unwrap();
+        assert!(directory.snapshot().user_exists("api"));
+
+        let before = directory.stats();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let following = tokio::spawn(live.clone().follow(cancel.clone()));
+        // Until `follow` takes its queues, writers apply their changes themselves.
+        while live.follow_rx.lock().unwrap().is_some() {
+            tokio::task::yield_now().await;
+        }
+        const WRITES: usize = 30;
+        for i in 0..WRITES {
+            store.create_device(&device(i)).await.unwrap();
+            live.apply_change(Change::Device(format!("CSFapi{i}")))
+                .await
+                .unwrap();
+            // The answer to the write sees it.
+            assert!(directory
+                .snapshot()
+                .device(&format!("csfapi{i}"))
+                .is_some_and(|d| d.has_line(&format!("{}", 6000 + i))));
+        }
+        // Wait for `follow` to apply everything queued: a second apply of any write shows now.
+        live.sync().await.unwrap().unwrap();
+        let after = directory.stats();
+        assert_eq!(after.reloads, before.reloads, "no full reload");
+        assert_eq!(
+            after.changes,
+            // The user's notification, queued before `follow` started, is applied by it once more.
+            before.changes + WRITES as u64 + 1,
+            "each API write applied once (the API path and `follow` both applying doubles it)"
+        );
+        cancel.cancel();
+        following.await.unwrap();
+
+        // `follow` stopped: the writer applies its change itself again.
+        store.create_device(&device(WRITES)).await.unwrap();
+        live.apply_change(Change::Device(format!("CSFapi{WRITES}")))
+            .await
+            .unwrap();
+        assert!(directory.snapshot().device("csfapi30").is_some());
+    }
+
     #[test]
     fn a_reload_or_missed_changes_make_the_batch_a_full_reload() {
         let (tx, mut rx) = tokio::sync::broadcast::channel(8);
@@ -510,7 +737,7 @@ mod tests {
         tx.send(Change::Reload).unwrap();
         tx.send(Change::Device("b".into())).unwrap();
         let first = rx.try_recv().unwrap();
-        let batch = Batch::drain(&mut rx, first);
+        let batch = Batch::drain(&mut rx, Some(first));
         assert!(batch.full && batch.keys && batch.changes.is_empty());
 
         // More queued than the channel holds: the receiver lagged.
@@ -519,7 +746,7 @@ mod tests {
         for i in 0..20 {
             tx.send(Change::Device(format!("d{i}"))).unwrap();
         }
-        let batch = Batch::drain(&mut rx, first);
+        let batch = Batch::drain(&mut rx, Some(first));
         assert!(batch.full && batch.keys);
 
         // Signing keys alone: keys reload, the directory applies incrementally.
@@ -527,7 +754,7 @@ mod tests {
         tx.send(Change::User("u".into())).unwrap();
         tx.send(Change::User("u".into())).unwrap();
         let first = rx.try_recv().unwrap();
-        let batch = Batch::drain(&mut rx, first);
+        let batch = Batch::drain(&mut rx, Some(first));
         assert!(!batch.full && batch.keys);
         assert_eq!(
             batch.changes,
