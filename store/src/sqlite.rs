@@ -123,6 +123,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement the store caches (rusqlite keeps 16 by default, fewer than the
+        // store's hot statements, and an evicted one is parsed again on its next use).
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
         let (changes, _) = broadcast::channel(256);
         let conn = Arc::new(Mutex::new(conn));
