@@ -66,6 +66,35 @@ pub struct Config {
     pub metrics: crate::metrics::MetricsSection,
     /// Time limits of the HTTP(S) listeners (API, token service, device config, metrics).
     pub http: HttpSection,
+    /// The device config service's memory for rendered files.
+    pub device_config: DeviceConfigSection,
+}
+
+/// `[device_config]`: the device config service (HTTP 6970, HTTPS 6971, TFTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfigSection {
+    /// Rendered device files kept in memory, MiB; files not fetched lately are evicted first
+    /// and rendered again on their next fetch.
+    pub cache_mib: u64,
+}
+
+impl DeviceConfigSection {
+    /// Allowed `cache_mib`: at least one 64-line file per cache shard, at most 64 GiB.
+    pub const CACHE_MIB_RANGE: std::ops::RangeInclusive<u64> = 1..=65_536;
+
+    /// The cache bound in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        usize::try_from(self.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+}
+
+impl Default for DeviceConfigSection {
+    fn default() -> Self {
+        DeviceConfigSection {
+            cache_mib: (sipreg_tftp_config::DEFAULT_CACHE_BYTES >> 20) as u64,
+        }
+    }
 }
 
 /// `[http]`: how long an HTTP(S) connection may take to send a request head and body, and stay
@@ -502,6 +531,13 @@ impl Config {
                 rule: "1–3600",
             });
         }
+        if !DeviceConfigSection::CACHE_MIB_RANGE.contains(&self.device_config.cache_mib) {
+            return Err(ConfigError::Range {
+                key: "device_config.cache_mib",
+                value: self.device_config.cache_mib.to_string(),
+                rule: "1–65536 (MiB of rendered config files kept in memory)",
+            });
+        }
         if r.digest_realm.is_empty() || r.digest_realm.contains('"') || r.digest_realm.len() > 128 {
             return Err(ConfigError::Range {
                 key: "registrar.digest_realm",
@@ -578,5 +614,33 @@ mod tests {
             e.contains("http.body_timeout_secs") && e.contains("1–3600"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn device_config_cache_size_is_bounded_and_named() {
+        let d = Config::from_toml("").unwrap().device_config;
+        assert_eq!(d.cache_mib, 64);
+        assert_eq!(d.cache_bytes(), sipreg_tftp_config::DEFAULT_CACHE_BYTES);
+        for ok in [1, 512, 65_536] {
+            let c = Config::from_toml(&format!("[device_config]\ncache_mib = {ok}\n")).unwrap();
+            assert_eq!(c.device_config.cache_bytes(), ok as usize * 1024 * 1024);
+        }
+        for bad in [0, 65_537] {
+            let e = Config::from_toml(&format!("[device_config]\ncache_mib = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("device_config.cache_mib") && e.contains("1–65536"),
+                "{e}"
+            );
+        }
+        for bad in ["-1", "\"64M\"", "1.5"] {
+            let e = Config::from_toml(&format!("[device_config]\ncache_mib = {bad}\n"));
+            assert!(matches!(e, Err(ConfigError::Parse { .. })), "{bad}: {e:?}");
+        }
+        let e = Config::from_toml("[device_config]\ncache_mb = 64\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache_mb"), "{e}");
     }
 }

@@ -24,6 +24,8 @@ pub struct Ctx {
     pub listen: ListenConfig,
     /// Header-read and idle timeouts of the HTTP and HTTPS listeners.
     pub limits: crate::https::Limits,
+    /// Bytes of rendered device files kept in memory (`device_config.cache_mib`).
+    pub cache_bytes: usize,
     /// The live directory.
     pub directory: Directory,
     /// Validates access tokens (for HTTPS 6971).
@@ -63,7 +65,11 @@ pub struct Started {
 /// privilege) is an add-on: if it cannot bind, the server logs one warning naming the setting and runs
 /// without it.
 pub async fn start(ctx: Ctx, tasks: &mut JoinSet<()>) -> Result<Started, String> {
-    let files = Arc::new(ConfigFiles::new(ctx.directory.clone()).with_fetch_stats(ctx.fetches));
+    let files = Arc::new(
+        ConfigFiles::new(ctx.directory.clone())
+            .with_cache_bytes(ctx.cache_bytes)
+            .with_fetch_stats(ctx.fetches),
+    );
     let mut lines = Vec::new();
     let mut bound = Vec::new();
 

@@ -488,6 +488,7 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
             ip,
             listen: cfg.listen.clone(),
             limits: cfg.http.limits(),
+            cache_bytes: cfg.device_config.cache_bytes(),
             directory: directory.clone(),
             validator: config_validator,
             tls: https_tls.shared(),

@@ -105,13 +105,15 @@ pub(crate) mod tests {
 
     #[test]
     fn only_the_owner_gets_a_device_file() {
-        let file = |owner: Option<&str>| ConfigFile {
-            name: "x".into(),
-            body: Vec::new().into(),
-            etag: "\"e\"".into(),
-            last_modified: std::time::UNIX_EPOCH,
-            owner: owner.map(str::to_owned),
-            content_type: "text/xml",
+        let file = |owner: Option<&str>| {
+            ConfigFile::new(
+                "x".into(),
+                Vec::new().into(),
+                "\"e\"".into(),
+                std::time::UNIX_EPOCH,
+                owner.map(str::to_owned),
+                "text/xml",
+            )
         };
         assert_eq!(may_fetch("jdoe", &file(Some("jdoe"))), Ok(()));
         assert_eq!(

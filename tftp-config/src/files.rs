@@ -21,11 +21,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::http::HeaderValue;
 use sha2::{Digest, Sha256};
 use sipreg_store::{Device, Directory, DirectorySnapshot, Node};
 
@@ -39,8 +41,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// Cache shards: requests for different devices rarely meet on one lock, and a full shard
 /// evicts only its own entries.
 const SHARDS: usize = 16;
-/// What a cached file costs besides its strings: the `ConfigFile`, its `Arc`s, the map entry.
-const FILE_OVERHEAD: usize = 256;
+/// What a cached file costs besides its strings: the `ConfigFile`, its `Arc`s, the map entry,
+/// the HTTP header values and the owner of the shared HTTP body.
+const FILE_OVERHEAD: usize = 384;
 /// A full shard evicts down to this share of its budget (percent), so that it does not run the
 /// CLOCK hand again on every insert.
 const EVICT_TO_PERCENT: usize = 75;
@@ -62,6 +65,37 @@ pub struct ConfigFile {
     pub owner: Option<String>,
     /// The `Content-Type` to send over HTTP.
     pub content_type: &'static str,
+    /// `body` for HTTP: the same bytes (no copy), cloned per response for the cost of a count.
+    pub(crate) http_body: Bytes,
+    /// The `ETag` and `Last-Modified` header values, built once per file rather than per
+    /// response (`None` only if a value were not a valid header, which hex and HTTP dates are).
+    pub(crate) etag_header: Option<HeaderValue>,
+    pub(crate) last_modified_header: Option<HeaderValue>,
+}
+
+impl ConfigFile {
+    /// A file with its HTTP header values derived from `etag` and `last_modified`.
+    pub(crate) fn new(
+        name: String,
+        body: Arc<[u8]>,
+        etag: String,
+        last_modified: SystemTime,
+        owner: Option<String>,
+        content_type: &'static str,
+    ) -> Self {
+        ConfigFile {
+            http_body: Bytes::from_owner(body.clone()),
+            etag_header: HeaderValue::from_str(&etag).ok(),
+            last_modified_header: HeaderValue::from_str(&httpdate::fmt_http_date(last_modified))
+                .ok(),
+            name,
+            body,
+            etag,
+            last_modified,
+            owner,
+            content_type,
+        }
+    }
 }
 
 /// Why a requested file is not served.
@@ -128,9 +162,20 @@ struct Entry {
     file: Option<Arc<ConfigFile>>,
     /// Set by every hit; the CLOCK hand clears it and evicts a file it finds without it.
     used: AtomicBool,
+    /// A directory generation whose snapshot is known to hold `device` under this name: a
+    /// request with that snapshot is served without looking the device up (which lowercases the
+    /// name again and hashes it into the directory map). Set by a render and by each hit that
+    /// compared the device; a newer snapshot goes through the comparison once.
+    checked: AtomicU64,
 }
 
 impl Entry {
+    /// The file, if it was rendered for this snapshot's device (see `checked`) and `epoch`.
+    fn serves_generation(&self, generation: u64, epoch: u64) -> Option<&Arc<ConfigFile>> {
+        let file = self.file.as_ref()?;
+        (self.epoch == epoch && self.checked.load(Ordering::Relaxed) == generation).then_some(file)
+    }
+
     fn serves(&self, device: &Arc<Device>, epoch: u64) -> Option<&Arc<ConfigFile>> {
         let file = self.file.as_ref()?;
         (self.epoch == epoch && std::ptr::eq(self.device.as_ptr(), Arc::as_ptr(device)))
@@ -175,25 +220,41 @@ impl Rendered {
             Some((_, at)) => now.max(at + Duration::from_secs(1)),
             None => now,
         };
-        let file = ConfigFile {
-            name: self.name,
-            body: self.body.into(),
-            etag: etag_of(&digest),
+        let file = ConfigFile::new(
+            self.name,
+            self.body.into(),
+            etag_of(&digest),
             last_modified,
-            owner: self.owner,
-            content_type: self.content_type,
-        };
+            self.owner,
+            self.content_type,
+        );
         (digest, Arc::new(file))
     }
 }
 
 impl Shard {
-    fn hit(&self, key: &str, device: &Arc<Device>, epoch: u64) -> Option<Arc<ConfigFile>> {
+    /// The cached file of a device already compared in snapshot `generation`, if any.
+    fn hit_checked(&self, key: &str, generation: u64, epoch: u64) -> Option<Arc<ConfigFile>> {
+        let entry = self.entries.get(key)?;
+        let file = entry.serves_generation(generation, epoch)?;
+        mark_used(entry);
+        Some(file.clone())
+    }
+
+    fn hit(
+        &self,
+        key: &str,
+        device: &Arc<Device>,
+        epoch: u64,
+        generation: u64,
+    ) -> Option<Arc<ConfigFile>> {
         let entry = self.entries.get(key)?;
         let file = entry.serves(device, epoch)?;
-        // A load first: a store on every hit would bounce the cache line between cores.
-        if !entry.used.load(Ordering::Relaxed) {
-            entry.used.store(true, Ordering::Relaxed);
+        mark_used(entry);
+        // Under the read lock: `put`, the only writer of `device`, cannot run meanwhile, so the
+        // entry's device is the one just compared with this snapshot's.
+        if entry.checked.load(Ordering::Relaxed) != generation {
+            entry.checked.store(generation, Ordering::Relaxed);
         }
         Some(file.clone())
     }
@@ -241,6 +302,7 @@ impl Shard {
             last_modified: file.last_modified,
             file: None,
             used: AtomicBool::new(false),
+            checked: AtomicU64::new(0),
         });
         let was_cached = match entry.file.take() {
             Some(old) => {
@@ -252,6 +314,8 @@ impl Shard {
         entry.device = Arc::downgrade(device);
         entry.epoch = view.epoch;
         entry.generation = generation;
+        // Snapshot `generation` holds `device`: its requests may skip the comparison.
+        *entry.checked.get_mut() = generation;
         entry.digest = digest;
         entry.last_modified = file.last_modified;
         // A new file must earn its place with a hit before the hand comes round (scan resistance).
@@ -420,6 +484,7 @@ impl ConfigFiles {
     /// The file a client asked for by name (case-insensitive), rendered if it is not cached.
     pub fn lookup(&self, requested: &str) -> Result<Arc<ConfigFile>, LookupError> {
         let key = names::lookup_key(requested)?;
+        let key = key.as_str();
         let (view, snap) = self.current();
         if key.eq_ignore_ascii_case(XML_DEFAULT) {
             return self.xml_default(&view, &snap);
@@ -427,13 +492,19 @@ impl ConfigFiles {
         if key.eq_ignore_ascii_case(CACHE_LIST) {
             return self.cache_list(&snap);
         }
-        let device = key
+        let stem = key
             .strip_suffix(DEVICE_SUFFIX)
-            .and_then(|stem| snap.device(stem))
+            .ok_or(LookupError::NotFound)?;
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        // The common case: the file was served (or rendered) for this very snapshot already.
+        if let Some(file) = read(shard).hit_checked(key, snap.generation, view.epoch) {
+            return Ok(file);
+        }
+        let device = snap
+            .device(stem)
             .filter(|d| names::device_kind(&d.name).is_some())
             .ok_or(LookupError::NotFound)?;
-        let shard = &self.shards[self.hasher.hash_one(&key) as usize % SHARDS];
-        if let Some(file) = read(shard).hit(&key, device, view.epoch) {
+        if let Some(file) = read(shard).hit(key, device, view.epoch, snap.generation) {
             return Ok(file);
         }
         // Rendered outside any lock: two requests for the same new file may both render it, and
@@ -448,7 +519,7 @@ impl ConfigFiles {
         };
         let now = whole_seconds(SystemTime::now());
         Ok(write(shard).put(
-            &key,
+            key,
             device,
             &view,
             snap.generation,
@@ -560,6 +631,14 @@ fn render_failed(e: RenderError) -> LookupError {
 /// Records of a shard kept without pruning: twice its share of the devices, plus some slack.
 fn prune_floor(snap: &DirectorySnapshot) -> usize {
     2 * snap.device_count() / SHARDS + PRUNE_SLACK
+}
+
+/// Marks a hit for CLOCK.
+fn mark_used(entry: &Entry) {
+    // A load first: a store on every hit would bounce the cache line between cores.
+    if !entry.used.load(Ordering::Relaxed) {
+        entry.used.store(true, Ordering::Relaxed);
+    }
 }
 
 fn weight_of(file: &ConfigFile) -> usize {
@@ -861,6 +940,67 @@ mod tests {
         assert_eq!(
             files.lookup("SEP001122334455.cnf.xml"),
             Err(LookupError::NotFound)
+        );
+    }
+
+    #[tokio::test]
+    async fn hits_checked_in_one_snapshot_are_checked_again_in_the_next() {
+        let f = fixture(true).await;
+        let files = ConfigFiles::new(f.directory.clone());
+        let sep = files.lookup("SEP001122334455.cnf.xml").unwrap();
+        // Hits in the snapshot it was rendered in skip the device lookup: the same file.
+        for name in ["SEP001122334455.cnf.xml", "sep001122334455.CNF.XML"] {
+            assert!(Arc::ptr_eq(&sep, &files.lookup(name).unwrap()));
+        }
+        let csf = files.lookup("CSFjdoe.cnf.xml").unwrap();
+
+        // Another device changes: the untouched file is compared once, then served as before.
+        let mut changed = f
+            .directory
+            .snapshot()
+            .device("CSFjdoe")
+            .unwrap()
+            .as_ref()
+            .clone();
+        changed.lines[0].display_name = Some("Changed".into());
+        f.store.update_device(&changed).await.unwrap();
+        apply(&f, Change::Device("CSFjdoe".into())).await;
+        for _ in 0..2 {
+            assert!(Arc::ptr_eq(
+                &sep,
+                &files.lookup("SEP001122334455.cnf.xml").unwrap()
+            ));
+            let csf2 = files.lookup("CSFjdoe.cnf.xml").unwrap();
+            assert_ne!(csf2.etag, csf.etag, "a file hit often is still re-checked");
+            assert!(std::str::from_utf8(&csf2.body).unwrap().contains("Changed"));
+        }
+
+        // Deleted after hits in two snapshots: gone at once, and again with the next request.
+        f.store.delete_device("SEP001122334455").await.unwrap();
+        apply(&f, Change::Device("SEP001122334455".into())).await;
+        for _ in 0..2 {
+            assert_eq!(
+                files.lookup("SEP001122334455.cnf.xml"),
+                Err(LookupError::NotFound)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_http_body_and_header_values_are_the_files_own() {
+        let f = fixture(false).await;
+        let files = ConfigFiles::new(f.directory.clone());
+        let file = files.lookup("CSFjdoe.cnf.xml").unwrap();
+        assert_eq!(file.http_body.as_ref(), file.body.as_ref());
+        assert_eq!(
+            file.http_body.as_ptr(),
+            file.body.as_ptr(),
+            "shared, not copied"
+        );
+        assert_eq!(file.etag_header.as_ref().unwrap(), file.etag.as_str());
+        assert_eq!(
+            file.last_modified_header.as_ref().unwrap(),
+            httpdate::fmt_http_date(file.last_modified).as_str()
         );
     }
 

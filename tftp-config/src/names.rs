@@ -58,9 +58,44 @@ pub(crate) fn device_file_name(device: &str) -> String {
     format!("{device}{DEVICE_SUFFIX}")
 }
 
+/// A requested file name in lowercase, held inline: looking a file up allocates nothing.
+#[derive(Clone, Copy)]
+pub(crate) struct LookupKey {
+    buf: [u8; MAX_FILE_NAME],
+    len: usize,
+}
+
+impl LookupKey {
+    /// The key as a string.
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII bytes are ever copied in (`lookup_key` checks them), so this never fails.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for LookupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl PartialEq for LookupKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for LookupKey {}
+
+impl PartialEq<&str> for LookupKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The lookup key for a requested file name (lowercase), or [`BadName`] when the name is not a
 /// plain file name. A single leading `/` is accepted, as TFTP clients often send one.
-pub(crate) fn lookup_key(requested: &str) -> Result<String, BadName> {
+pub(crate) fn lookup_key(requested: &str) -> Result<LookupKey, BadName> {
     let name = requested.strip_prefix('/').unwrap_or(requested);
     let plain = !name.is_empty()
         && name.len() <= MAX_FILE_NAME
@@ -69,11 +104,16 @@ pub(crate) fn lookup_key(requested: &str) -> Result<String, BadName> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if plain {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(BadName)
+    if !plain {
+        return Err(BadName);
     }
+    let mut key = LookupKey {
+        buf: [0; MAX_FILE_NAME],
+        len: name.len(),
+    };
+    key.buf[..name.len()].copy_from_slice(name.as_bytes());
+    key.buf[..name.len()].make_ascii_lowercase();
+    Ok(key)
 }
 
 #[cfg(test)]
