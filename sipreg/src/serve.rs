@@ -500,8 +500,6 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
     .await?;
 
     let api_url = format!("https://localhost:{}", https_addr.port());
-    // Not a secret: lets the CLI find this server's API without flags.
-    let _ = std::fs::write(data_dir.join("api-url"), format!("{api_url}\n"));
     let mode = if directory.snapshot().oauth_mode() {
         "on"
     } else {
@@ -539,6 +537,9 @@ pub async fn run(opts: ServeOptions) -> anyhow_like::Result<()> {
         show(legacy.tls_addr())
     );
     println!("  bindings restored: {restored}");
+    // Not a secret: lets the CLI find this server's API without flags. Written after the summary
+    // above, so whoever waits for it (scripts, the end-to-end tests) finds the summary complete.
+    let _ = std::fs::write(data_dir.join("api-url"), format!("{api_url}\n"));
 
     shutdown_signal().await;
     println!("sipreg: shutting down");
