@@ -2,7 +2,7 @@
 //! talks to it over real sockets — HTTPS (reqwest), SIP over TLS (tokio-rustls), plain HTTP.
 //!
 //! The binary is found through `SIPREG_BIN`, else `target/debug/sipreg` next to this workspace
-//! (`scripts/test` builds it first).
+//! (`scripts/test` builds it first; a binary older than the server's sources is refused).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -36,7 +36,45 @@ pub fn sipreg_bin() -> PathBuf {
         "{} is missing: run `cargo build -p sipreg` (scripts/test does)",
         p.display()
     );
+    // `cargo test -p sipreg-e2e` does not rebuild the server: refuse to test an old one.
+    static CHECKED: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    if let Some(newer) = CHECKED.get_or_init(|| newer_source_than(&p)) {
+        panic!(
+            "{} is older than {}: run `cargo build -p sipreg` (scripts/test does), or set SIPREG_BIN",
+            p.display(),
+            newer.display()
+        );
+    }
     p
+}
+
+/// A source file of the server's crates modified after `bin` was built, if there is one.
+fn newer_source_than(bin: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut pending: Vec<PathBuf> = [
+        "sipreg",
+        "registrar",
+        "tokensvc",
+        "tftp-config",
+        "certs",
+        "store",
+    ]
+    .iter()
+    .flat_map(|c| [root.join(c).join("src"), root.join(c).join("Cargo.toml")])
+    .collect();
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            let entries = std::fs::read_dir(&path).into_iter().flatten().flatten();
+            pending.extend(entries.map(|e| e.path()));
+        } else if meta.modified().is_ok_and(|m| m > built) {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// Installs aws-lc-rs as the process's rustls provider (reqwest needs one; ring is not built).
