@@ -360,7 +360,7 @@ impl Live {
             }
             for done in waiting.drain(..) {
                 // A writer that gave up waiting needs no answer.
-                let _ = done.send(outcome.as_ref().copied().map_err(copy_problem));
+                let _ = done.send(outcome.clone());
             }
         }
     }
@@ -379,17 +379,6 @@ impl Live {
         } else {
             self.apply_now(&batch.changes).await
         }
-    }
-}
-
-/// The same problem again, for each writer waiting on one apply.
-fn copy_problem(p: &Problem) -> Problem {
-    Problem {
-        kind: p.kind,
-        title: p.title,
-        status: p.status,
-        detail: p.detail.clone(),
-        field: p.field,
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sipreg_store::StoreError;
 
 /// An RFC 9457 problem response.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
