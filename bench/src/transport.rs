@@ -406,9 +406,7 @@ impl Connector {
                 framer: ResponseFramer::default(),
                 buf: vec![0; UDP_READ_BUF],
             };
-            if let Some(fill) = fill {
-                out.clear();
-                fill(local, out);
+            if first_request(fill, local, out) {
                 conn.send(out).await?;
             }
             return Ok(conn);
@@ -429,12 +427,7 @@ impl Connector {
             .map_err(TransportError::TcpConnect)?;
         tcp.set_nodelay(true)?;
         let local = tcp.local_addr()?;
-        let mut first = false;
-        if let Some(fill) = fill {
-            out.clear();
-            fill(local, out);
-            first = true;
-        }
+        let first = first_request(fill, local, out);
         let io: Box<dyn Io> = match &self.tls {
             Some((connector, name)) => {
                 // Buffered by rustls until the handshake completes (see `connect_and_send`).
@@ -442,7 +435,6 @@ impl Connector {
                 let tls = connector.connect_with(name.clone(), tcp, |c| {
                     if first {
                         queued = c.writer().write_all(out);
-                        first = false;
                     }
                 });
                 let tls = timeout_at(deadline, tls)
@@ -460,11 +452,26 @@ impl Connector {
             framer: ResponseFramer::default(),
             buf: vec![0; STREAM_READ_BUF],
         };
-        if first {
+        // Over TLS the request went with the handshake.
+        if first && self.tls.is_none() {
             conn.send(out).await?;
         }
         Ok(conn)
     }
+}
+
+/// Writes the first request into `out` (cleared first) when there is one; whether there is.
+fn first_request(
+    fill: Option<impl FnOnce(SocketAddr, &mut Vec<u8>)>,
+    local: SocketAddr,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(fill) = fill else {
+        return false;
+    };
+    out.clear();
+    fill(local, out);
+    true
 }
 
 enum Kind {
